@@ -1,0 +1,16 @@
+"""Vector indexes for face search: a small `VectorIndex` interface, numpy and FAISS backends,
+and identity-level search with persistence (`GalleryIndex`)."""
+
+from index.base import IndexCorruptError, VectorIndex
+from index.brute_force import BruteForceIndex
+from index.faiss_index import FaissIndex
+from index.gallery import GalleryIndex, Hit
+
+__all__ = [
+    "BruteForceIndex",
+    "FaissIndex",
+    "GalleryIndex",
+    "Hit",
+    "IndexCorruptError",
+    "VectorIndex",
+]

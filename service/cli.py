@@ -1,0 +1,217 @@
+"""The ``facedb`` command line: serve, migrate, enrol folders, identify and verify photos."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from tqdm import tqdm
+
+from embedding import ModelLoadError
+from service import schemas
+from service.core import DEFAULT_GALLERY, Upload
+from service.db import migrate
+from service.db.engine import Database
+from service.errors import FacedbError
+from service.runtime import Runtime, build_runtime
+from service.settings import Settings
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pnm", ".gif", ".bmp", ".webp"}
+
+app = typer.Typer(help="facedb: face enrollment, identification and verification.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+GalleryOpt = Annotated[str, typer.Option("--gallery", "-g", help="Gallery name.")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _clean_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one line on stderr instead of a traceback."""
+    try:
+        yield
+    except FacedbError as exc:
+        raise _fail(f"{exc.message} [{exc.code}]") from None
+    except (migrate.SchemaError, ModelLoadError) as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+
+
+@contextmanager
+def _runtime() -> Iterator[Runtime]:
+    with _clean_errors():
+        runtime = build_runtime(Settings(), batching=False)
+    try:
+        with _clean_errors():
+            yield runtime
+    finally:
+        runtime.close()
+
+
+def _read(path: Path) -> Upload:
+    return Upload(filename=path.name, data=path.read_bytes())
+
+
+# --- server and schema -------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (FACEDB_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (FACEDB_PORT).")] = None,
+) -> None:
+    """Start the HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+
+    from service.api import create_app  # noqa: PLC0415
+
+    settings = Settings()
+    with _clean_errors():
+        db = Database(settings.resolved_database_url)
+        try:
+            migrate.check_schema(db.engine)
+        finally:
+            db.dispose()
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Create or migrate the database schema (the URL comes from FACEDB_DATABASE_URL)."""
+    settings = Settings()
+    with _clean_errors():
+        db = Database(settings.resolved_database_url)
+        try:
+            migrate.upgrade(db.engine, revision)
+            typer.echo(f"database at revision {migrate.current_revision(db.engine)} ({db.engine.url!r})")
+        finally:
+            db.dispose()
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, or 'base'.")]) -> None:
+    """Migrate the schema down (``base`` removes every table and all data)."""
+    settings = Settings()
+    with _clean_errors():
+        db = Database(settings.resolved_database_url)
+        try:
+            migrate.downgrade(db.engine, revision)
+            typer.echo(f"database at revision {migrate.current_revision(db.engine)}")
+        finally:
+            db.dispose()
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the schema revision of the database and the one this code needs."""
+    settings = Settings()
+    with _clean_errors():
+        db = Database(settings.resolved_database_url)
+        try:
+            typer.echo(f"database: {migrate.current_revision(db.engine)}  code: {migrate.head_revision(db.engine)}")
+        finally:
+            db.dispose()
+
+
+# --- enrolment and search ----------------------------------------------------------------------------
+
+
+@app.command()
+def enroll(
+    directory: Annotated[Path, typer.Argument(help="One sub-folder of images per identity.", file_okay=False)],
+    gallery: GalleryOpt = DEFAULT_GALLERY,
+    create_gallery: Annotated[bool, typer.Option(help="Create the gallery if it does not exist.")] = True,
+) -> None:
+    """Enrol a folder: each sub-folder is one identity (its name is the external_id), each image one face."""
+    if not directory.is_dir():
+        raise _fail(f"{directory} is not a directory", 2)
+    people = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    jobs = [(person, sorted(f for f in person.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)) for person in people]
+    total = sum(len(files) for _, files in jobs)
+    if total == 0:
+        raise _fail(f"no images found in sub-folders of {directory}", 2)
+    accepted, reasons = 0, Counter[str]()
+    with _runtime() as rt:
+        service = rt.service
+        if create_gallery and gallery not in {g.name for g in service.list_galleries().items}:
+            service.create_gallery(schemas.GalleryCreate(name=gallery))
+        chunk = rt.settings.max_images_per_request
+        with tqdm(total=total, unit="img", desc=f"enrolling into {gallery}", file=sys.stderr) as bar:
+            for person, files in jobs:
+                identity = service.find_identity(gallery, person.name) or service.create_identity(
+                    gallery, schemas.IdentityCreate(external_id=person.name, display_name=person.name)
+                )
+                for i in range(0, len(files), chunk):
+                    batch = files[i : i + chunk]
+                    try:
+                        result = service.enroll(gallery, identity.id, [_read(f) for f in batch])
+                        rejected = result.rejected
+                        accepted += len(result.accepted)
+                    except FacedbError as exc:
+                        if exc.code != "no_face_enrolled":
+                            raise
+                        rejected = [schemas.RejectedFile(**r) for r in (exc.details or {}).get("rejected", [])]
+                    for r in rejected:
+                        reasons[r.code] += 1
+                        tqdm.write(f"rejected {person.name}/{r.filename}: {r.code}: {r.message}", file=sys.stderr)
+                    bar.update(len(batch))
+    summary = ", ".join(f"{code}: {n}" for code, n in reasons.most_common()) or "none"
+    typer.echo(f"{len(jobs)} identities, {accepted} faces accepted, {sum(reasons.values())} rejected ({summary})")
+
+
+@app.command()
+def identify(
+    image: Annotated[Path, typer.Argument(help="The probe photo.", dir_okay=False)],
+    gallery: GalleryOpt = DEFAULT_GALLERY,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", help="Candidates to show.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold; default from the model.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
+) -> None:
+    """Who is this? Prints the candidates, best first, and the decision."""
+    with _runtime() as rt:
+        result = rt.service.identify(gallery, _read(image), top_k=top_k, threshold=threshold)
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    for rank, c in enumerate(result.candidates, 1):
+        typer.echo(f"{rank:>3}  {c.score:+.4f}  {c.identity.external_id}  (identity {c.identity.id}, face {c.face_id})")
+    decision = f"match: {result.match.identity.external_id}" if result.match else "no match"
+    typer.echo(f"{decision} (threshold {result.threshold:.4f}, {result.model_version})")
+
+
+@app.command()
+def verify(
+    image_a: Annotated[Path, typer.Argument(dir_okay=False)],
+    image_b: Annotated[Path, typer.Argument(dir_okay=False)],
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold; default from the model.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
+) -> None:
+    """Are these two photos of the same person? Exit status 0 = same, 3 = different."""
+    with _runtime() as rt:
+        result = rt.service.verify_pair(_read(image_a), _read(image_b), threshold=threshold)
+    if as_json:
+        typer.echo(json.dumps(result.model_dump()))
+    else:
+        verdict = "same person" if result.match else "different people"
+        typer.echo(f"{verdict}: score {result.score:+.4f}, threshold {result.threshold:.4f}")
+    if not result.match:
+        raise typer.Exit(3)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()

@@ -1,0 +1,478 @@
+"""The service's operations, shared by the HTTP API and the CLI. Inputs and outputs are schema objects."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from embedding import Embedder, ImageError, decode_image
+from service import schemas
+from service.batching import MicroBatcher
+from service.db import crud
+from service.db.engine import Database
+from service.db.migrate import check_schema
+from service.db.models import Gallery, Identity, ModelStatus, ModelVersion
+from service.errors import FacedbError, not_found
+from service.indexing import IndexManager
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GALLERY = "default"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file: its name as the client sent it and its bytes."""
+
+    filename: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """The model version this process embeds and searches with."""
+
+    id: int
+    name: str
+    version: str
+    checksum: str
+    dim: int
+    default_threshold: float
+
+
+class FaceService:
+    """Composes the database, the embedder and the indexes into the product's operations."""
+
+    def __init__(
+        self, *, settings: Settings, db: Database, embedder: Embedder, batcher: MicroBatcher | None = None
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.embedder = embedder
+        self._batcher = batcher
+        self.model: ActiveModel | None = None
+        self._indexes: IndexManager | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check the schema, load the model, register its version, and bring the indexes up to date."""
+        check_schema(self.db.engine)
+        self.embedder.load()
+        self.model = self._register_model()
+        self._indexes = IndexManager(
+            db=self.db,
+            model_version_id=self.model.id,
+            model_checksum=self.model.checksum,
+            dim=self.model.dim,
+            snapshot_dir=self.settings.resolved_index_dir,
+            backend=self.settings.index_backend,
+        )
+        self._indexes.start()
+
+    def stop(self) -> None:
+        """Write index snapshots so that the next start only replays newer changes."""
+        if self._indexes is not None:
+            self._indexes.save_snapshots()
+
+    @property
+    def indexes(self) -> IndexManager:
+        if self._indexes is None:
+            raise RuntimeError("FaceService.start() has not run")
+        return self._indexes
+
+    @property
+    def active(self) -> ActiveModel:
+        if self.model is None:
+            raise RuntimeError("FaceService.start() has not run")
+        return self.model
+
+    def _register_model(self) -> ActiveModel:
+        card, checksum = self.embedder.card, self.embedder.checksum
+        with self.db.write() as session:
+            mv = crud.get_model_version(session, checksum=checksum)
+            active = crud.active_model_version(session)
+            if active is not None and active.checksum != checksum:
+                if crud.count_faces(session, model_version_id=active.id):
+                    raise FacedbError(
+                        409,
+                        "model_mismatch",
+                        f"the gallery was enrolled with model {active.name} {active.version} but "
+                        f"{card.name} {card.version} is configured; set FACEDB_MODEL_PATH to the enrolled "
+                        "model, or re-index the gallery with the new one",
+                    )
+                active.status = ModelStatus.RETIRED
+                session.flush()
+            if mv is None:
+                mv = crud.create_model_version(
+                    session,
+                    name=card.name,
+                    version=card.version,
+                    checksum=checksum,
+                    embedding_dim=card.embedding_dim,
+                    input_spec=card.input.model_dump(mode="json"),
+                    thresholds=dict(card.thresholds),
+                    default_threshold=card.default_threshold,
+                    status=ModelStatus.ACTIVE,
+                )
+            mv.status = ModelStatus.ACTIVE
+            return _active(mv)
+
+    # --- galleries ------------------------------------------------------------------------------------
+
+    def list_galleries(self) -> schemas.GalleriesPublic:
+        with self.db.read() as session:
+            return schemas.GalleriesPublic(
+                items=[self._gallery_public(session, g) for g in crud.list_galleries(session)]
+            )
+
+    def get_gallery(self, name: str) -> schemas.GalleryPublic:
+        with self.db.read() as session:
+            return self._gallery_public(session, self._gallery(session, name))
+
+    def create_gallery(self, data: schemas.GalleryCreate) -> schemas.GalleryPublic:
+        try:
+            with self.db.write() as session:
+                gallery = crud.create_gallery(session, name=data.name)
+        except IntegrityError as exc:
+            raise FacedbError(409, "gallery_exists", f"gallery {data.name!r} already exists") from exc
+        return schemas.GalleryPublic(name=gallery.name, created_at=gallery.created_at, identity_count=0, face_count=0)
+
+    def delete_gallery(self, name: str) -> None:
+        if name == DEFAULT_GALLERY:
+            raise FacedbError(409, "gallery_protected", "the default gallery cannot be deleted")
+        with self.db.write() as session:
+            crud.delete_gallery(session, gallery=self._gallery(session, name))
+        self.indexes.catch_up()
+
+    def _gallery_public(self, session: Session, gallery: Gallery) -> schemas.GalleryPublic:
+        identities, faces = crud.gallery_counts(session, gallery_id=gallery.id, model_version_id=self.active.id)
+        return schemas.GalleryPublic(
+            name=gallery.name, created_at=gallery.created_at, identity_count=identities, face_count=faces
+        )
+
+    @staticmethod
+    def _gallery(session: Session, name: str) -> Gallery:
+        gallery = crud.get_gallery(session, name=name)
+        if gallery is None:
+            raise not_found("gallery", repr(name))
+        return gallery
+
+    # --- identities -----------------------------------------------------------------------------------
+
+    def create_identity(self, gallery: str, data: schemas.IdentityCreate) -> schemas.IdentityPublic:
+        try:
+            with self.db.write() as session:
+                g = self._gallery(session, gallery)
+                identity = crud.create_identity(
+                    session,
+                    gallery_id=g.id,
+                    external_id=data.external_id,
+                    display_name=data.display_name,
+                    meta=data.metadata,
+                )
+        except IntegrityError as exc:
+            raise _duplicate_external_id(data.external_id, gallery) from exc
+        return _identity_public(identity, gallery, 0)
+
+    def list_identities(self, gallery: str, *, limit: int, cursor: int | None) -> schemas.IdentitiesPublic:
+        if not 1 <= limit <= self.settings.max_page_size:
+            raise FacedbError(422, "invalid_limit", f"limit must be between 1 and {self.settings.max_page_size}")
+        with self.db.read() as session:
+            g = self._gallery(session, gallery)
+            rows = crud.list_identities(session, gallery_id=g.id, limit=limit + 1, after=cursor)
+            page = rows[:limit]
+            counts = crud.face_counts(session, identity_ids=[r.id for r in page])
+        return schemas.IdentitiesPublic(
+            items=[_identity_public(r, gallery, counts.get(r.id, 0)) for r in page],
+            next_cursor=page[-1].id if len(rows) > limit else None,
+        )
+
+    def get_identity(self, gallery: str, identity_id: int) -> schemas.IdentityPublic:
+        with self.db.read() as session:
+            identity = self._identity(session, gallery, identity_id)
+            count = crud.face_counts(session, identity_ids=[identity.id]).get(identity.id, 0)
+        return _identity_public(identity, gallery, count)
+
+    def find_identity(self, gallery: str, external_id: str) -> schemas.IdentityPublic | None:
+        with self.db.read() as session:
+            g = self._gallery(session, gallery)
+            identity = crud.get_identity_by_external_id(session, gallery_id=g.id, external_id=external_id)
+            if identity is None:
+                return None
+            count = crud.face_counts(session, identity_ids=[identity.id]).get(identity.id, 0)
+        return _identity_public(identity, gallery, count)
+
+    def update_identity(self, gallery: str, identity_id: int, data: schemas.IdentityUpdate) -> schemas.IdentityPublic:
+        changes = data.model_dump(exclude_unset=True)
+        if changes.get("external_id", "") is None:
+            raise FacedbError(422, "invalid_external_id", "external_id cannot be null")
+        if "metadata" in changes and changes["metadata"] is None:
+            changes["metadata"] = {}
+        try:
+            with self.db.write() as session:
+                identity = self._identity(session, gallery, identity_id)
+                crud.update_identity(session, identity=identity, changes=changes)
+                count = crud.face_counts(session, identity_ids=[identity.id]).get(identity.id, 0)
+        except IntegrityError as exc:
+            raise _duplicate_external_id(str(changes.get("external_id")), gallery) from exc
+        return _identity_public(identity, gallery, count)
+
+    def delete_identity(self, gallery: str, identity_id: int) -> None:
+        with self.db.write() as session:
+            crud.delete_identity(session, identity=self._identity(session, gallery, identity_id))
+        self.indexes.catch_up()
+
+    def _identity(self, session: Session, gallery: str, identity_id: int) -> Identity:
+        g = self._gallery(session, gallery)
+        identity = crud.get_identity(session, gallery_id=g.id, identity_id=identity_id)
+        if identity is None:
+            raise not_found("identity", identity_id)
+        return identity
+
+    # --- faces ----------------------------------------------------------------------------------------
+
+    def list_faces(self, gallery: str, identity_id: int) -> schemas.FacesPublic:
+        with self.db.read() as session:
+            identity = self._identity(session, gallery, identity_id)
+            faces = crud.list_faces(session, identity_id=identity.id)
+            versions = {f.model_version_id for f in faces}
+            names = {v: session.get(ModelVersion, v) for v in versions}
+        return schemas.FacesPublic(
+            items=[
+                schemas.FacePublic(
+                    id=f.id,
+                    identity_id=f.identity_id,
+                    image_sha256=f.image_sha256,
+                    model_version=_version_label(names[f.model_version_id]),
+                    created_at=f.created_at,
+                )
+                for f in faces
+            ]
+        )
+
+    def enroll(
+        self, gallery: str, identity_id: int, uploads: Sequence[Upload], *, detect: bool = True
+    ) -> schemas.EnrollPublic:
+        """Add faces to an identity; each file is accepted or rejected on its own (partial success).
+
+        ``detect`` is accepted for API stability; until face detection lands the whole image is the face.
+        """
+        del detect
+        self._check_count(len(uploads))
+        with self.db.read() as session:
+            known = crud.identity_image_hashes(session, identity_id=self._identity(session, gallery, identity_id).id)
+        rejected: list[schemas.RejectedFile] = []
+        images: list[np.ndarray] = []
+        kept: list[tuple[Upload, str]] = []
+        for upload in uploads:
+            digest = hashlib.sha256(upload.data).hexdigest()
+            try:
+                self._check_size(upload)
+                if digest in known:
+                    raise FacedbError(409, "duplicate_image", "this identity already has a face from this image")
+                images.append(decode_image(upload.data, max_pixels=self.settings.max_pixels))
+            except (ImageError, FacedbError) as exc:
+                rejected.append(schemas.RejectedFile(filename=upload.filename, code=exc.code, message=exc.message))
+                continue
+            known.add(digest)
+            kept.append((upload, digest))
+        accepted: list[schemas.AcceptedFace] = []
+        if kept:
+            x = self._embed(images)
+            try:
+                with self.db.write() as session:
+                    # Re-read under the write lock: the identity may have been deleted meanwhile.
+                    identity = self._identity(session, gallery, identity_id)
+                    faces = crud.add_faces(
+                        session,
+                        identity=identity,
+                        model_version_id=self.active.id,
+                        embeddings=x,
+                        image_hashes=[d for _, d in kept],
+                    )
+            except IntegrityError as exc:  # the same image, enrolled by a concurrent request
+                raise FacedbError(
+                    409, "duplicate_image", "this identity already has a face from one of these images"
+                ) from exc
+            accepted = [
+                schemas.AcceptedFace(filename=u.filename, face_id=f.id) for (u, _), f in zip(kept, faces, strict=True)
+            ]
+            self.indexes.catch_up()
+        result = schemas.EnrollPublic(identity_id=identity_id, accepted=accepted, rejected=rejected)
+        if not accepted:
+            raise FacedbError(
+                422,
+                "no_face_enrolled",
+                "no file was accepted: " + "; ".join(f"{r.filename}: {r.code}" for r in rejected),
+                details={"rejected": [r.model_dump() for r in rejected]},
+            )
+        return result
+
+    def delete_face(self, gallery: str, identity_id: int, face_id: int) -> None:
+        with self.db.write() as session:
+            identity = self._identity(session, gallery, identity_id)
+            face = crud.get_face(session, identity_id=identity.id, face_id=face_id)
+            if face is None:
+                raise not_found("face", face_id)
+            crud.delete_face(session, face=face)
+        self.indexes.catch_up()
+
+    # --- identify and verify --------------------------------------------------------------------------
+
+    def identify(
+        self, gallery: str, upload: Upload, *, top_k: int | None = None, threshold: float | None = None
+    ) -> schemas.IdentifyPublic:
+        """The best-matching distinct identities for one probe image, and the decision."""
+        k = self.settings.default_top_k if top_k is None else top_k
+        if not 1 <= k <= self.settings.max_top_k:
+            raise FacedbError(422, "invalid_top_k", f"top_k must be between 1 and {self.settings.max_top_k}")
+        t = self._threshold(threshold)
+        with self.db.read() as session:
+            g = self._gallery(session, gallery)
+        q = self._embed([self._decode(upload)])
+        hits = self.indexes.search(g.id, q, k)[0]
+        with self.db.read() as session:
+            refs = crud.identity_refs(session, identity_ids=[h.identity_id for h in hits])
+        candidates = [
+            schemas.Candidate(
+                identity=schemas.IdentityRef(id=r.id, external_id=r.external_id, display_name=r.display_name),
+                score=h.score,
+                face_id=h.face_id,
+            )
+            for h in hits
+            if (r := refs.get(h.identity_id)) is not None  # deleted between search and lookup
+        ]
+        match = candidates[0] if candidates and candidates[0].score >= t else None
+        return schemas.IdentifyPublic(
+            gallery=gallery,
+            model_version=_version_label(self.active),
+            threshold=t,
+            candidates=candidates,
+            match=match,
+        )
+
+    def verify_identity(
+        self, gallery: str, identity_id: int, upload: Upload, *, threshold: float | None = None
+    ) -> schemas.VerifyPublic:
+        """1:1: is the person in the image this identity? Score = best face's cosine similarity."""
+        t = self._threshold(threshold)
+        with self.db.read() as session:
+            identity = self._identity(session, gallery, identity_id)
+            templates = crud.identity_embeddings(session, identity_id=identity.id, model_version_id=self.active.id)
+        if len(templates) == 0:
+            raise FacedbError(409, "identity_has_no_faces", f"identity {identity_id} has no enrolled faces")
+        q = self._embed([self._decode(upload)])
+        score = float((templates @ q[0]).max())
+        return schemas.VerifyPublic(
+            model_version=_version_label(self.active), score=score, threshold=t, match=score >= t
+        )
+
+    def verify_pair(self, a: Upload, b: Upload, *, threshold: float | None = None) -> schemas.VerifyPublic:
+        """1:1 between two photos."""
+        t = self._threshold(threshold)
+        x = self._embed([self._decode(a), self._decode(b)])
+        score = float(x[0] @ x[1])
+        return schemas.VerifyPublic(
+            model_version=_version_label(self.active), score=score, threshold=t, match=score >= t
+        )
+
+    # --- health ---------------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """(ready, checks): model loaded, database reachable, index caught up."""
+        checks: dict[str, object] = {"model": self.model is not None}
+        try:
+            lag = self.indexes.lag() if self._indexes is not None else None
+            checks["database"] = True
+        except Exception as exc:  # any driver error means "not reachable"
+            log.warning("readiness: database check failed: %s", exc)
+            checks["database"] = False
+            lag = None
+        checks["index_lag"] = lag
+        ready = bool(checks["model"]) and bool(checks["database"]) and lag == 0
+        return ready, checks
+
+    # --- helpers --------------------------------------------------------------------------------------
+
+    def _embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        if self._batcher is not None:
+            return self._batcher.embed(images)
+        return self.embedder.embed(images)
+
+    def _decode(self, upload: Upload) -> np.ndarray:
+        self._check_size(upload)
+        try:
+            return decode_image(upload.data, max_pixels=self.settings.max_pixels)
+        except ImageError as exc:
+            raise FacedbError(422, exc.code, f"{upload.filename or 'image'}: {exc.message}") from exc
+
+    def _check_size(self, upload: Upload) -> None:
+        if len(upload.data) > self.settings.max_upload_bytes:
+            raise FacedbError(
+                413,
+                "image_too_large",
+                f"{upload.filename or 'image'} is larger than {self.settings.max_upload_bytes} bytes",
+            )
+
+    def _check_count(self, n: int) -> None:
+        if n == 0:
+            raise FacedbError(422, "no_images", "send at least one `image` file")
+        if n > self.settings.max_images_per_request:
+            raise FacedbError(
+                413,
+                "too_many_images",
+                f"at most {self.settings.max_images_per_request} images per request",
+            )
+
+    def _threshold(self, threshold: float | None) -> float:
+        if threshold is not None:
+            if not -1.0 <= threshold <= 1.0:
+                raise FacedbError(422, "invalid_threshold", "threshold must be between -1 and 1")
+            return threshold
+        if self.settings.threshold is not None:
+            return self.settings.threshold
+        return self.active.default_threshold
+
+
+def _active(mv: ModelVersion) -> ActiveModel:
+    return ActiveModel(
+        id=mv.id,
+        name=mv.name,
+        version=mv.version,
+        checksum=mv.checksum,
+        dim=mv.embedding_dim,
+        default_threshold=mv.default_threshold,
+    )
+
+
+def _version_label(mv: ModelVersion | ActiveModel | None) -> str:
+    return "unknown" if mv is None else f"{mv.name}@{mv.version}"
+
+
+def _identity_public(identity: Identity, gallery: str, face_count: int) -> schemas.IdentityPublic:
+    return schemas.IdentityPublic(
+        id=identity.id,
+        gallery=gallery,
+        external_id=identity.external_id,
+        display_name=identity.display_name,
+        metadata=identity.meta or {},
+        face_count=face_count,
+        created_at=identity.created_at,
+        updated_at=identity.updated_at,
+    )
+
+
+def _duplicate_external_id(external_id: str, gallery: str) -> FacedbError:
+    return FacedbError(
+        409,
+        "duplicate_external_id",
+        f"an identity with external_id {external_id!r} exists in gallery {gallery!r}",
+    )

@@ -1,0 +1,137 @@
+"""SQLAlchemy 2 typed models. Alembic migrations (``migrations/``) are the only authority on the schema."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+IdType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the one clock for every timestamp column."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ModelStatus(enum.StrEnum):
+    ACTIVE = "active"
+    BUILDING = "building"
+    RETIRED = "retired"
+
+
+class ChangeKind(enum.StrEnum):
+    FACE_ADDED = "face_added"
+    FACE_REMOVED = "face_removed"
+    IDENTITY_REMOVED = "identity_removed"
+    GALLERY_REMOVED = "gallery_removed"
+
+
+class Gallery(Base):
+    __tablename__ = "galleries"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Identity(Base):
+    __tablename__ = "identities"
+    __table_args__ = (UniqueConstraint("gallery_id", "external_id"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), index=True)
+    external_id: Mapped[str] = mapped_column(String(256))
+    display_name: Mapped[str | None] = mapped_column(String(256))
+    # `metadata` is reserved on declarative classes, hence the attribute name.
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    faces: Mapped[list[Face]] = relationship(
+        back_populates="identity", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    checksum: Mapped[str] = mapped_column(String(64), unique=True)
+    embedding_dim: Mapped[int] = mapped_column(Integer)
+    input_spec: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    thresholds: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    default_threshold: Mapped[float] = mapped_column(Float)
+    status: Mapped[ModelStatus] = mapped_column(
+        Enum(ModelStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Face(Base):
+    __tablename__ = "faces"
+    __table_args__ = (
+        Index("ix_faces_gallery_model", "gallery_id", "model_version_id"),
+        # One face per source image per identity; also serves lookups by identity.
+        UniqueConstraint("identity_id", "image_sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id", ondelete="CASCADE"))
+    # Denormalised from the identity so that an index rebuild is one range scan.
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    embedding_dim: Mapped[int] = mapped_column(Integer)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    identity: Mapped[Identity] = relationship(back_populates="faces")
+
+
+class Change(Base):
+    """Append-only change log; ``seq`` is the position the index catches up from."""
+
+    __tablename__ = "changes"
+
+    seq: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    kind: Mapped[ChangeKind] = mapped_column(
+        Enum(ChangeKind, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e])
+    )
+    gallery_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    identity_id: Mapped[int | None] = mapped_column(BigInteger)
+    face_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

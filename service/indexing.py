@@ -1,0 +1,245 @@
+"""Keeps per-gallery FAISS indexes in step with the database, which is the source of truth.
+
+Every write commits to the database first, together with rows in the ``changes`` log. The index is a cache
+derived from it: after a write, and periodically for writes made by other processes, :meth:`catch_up`
+applies the changes with sequence numbers above the last one applied. Applying is idempotent (adds of
+faces already present and removals of absent ones are no-ops, and face rows are always read fresh), so
+replaying from any earlier point converges to the database's state. That is what makes snapshots safe to
+reuse: a snapshot carries the sequence it reflects, start-up replays from there, and a snapshot that is
+corrupt, from another model, or disagrees with the database's face count is discarded and rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from index import GalleryIndex, Hit, IndexCorruptError
+from service.db import crud
+from service.db.engine import Database
+from service.db.models import Change, ChangeKind
+
+log = logging.getLogger(__name__)
+
+_BATCH = 5_000
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """What the index holds, and how far it has caught up with the change log."""
+
+    applied_seq: int
+    galleries: int
+    faces: int
+
+
+class IndexManager:
+    """Owns one :class:`GalleryIndex` per gallery for the active model version."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        model_version_id: int,
+        model_checksum: str,
+        dim: int,
+        snapshot_dir: Path | None,
+        backend: Literal["faiss", "numpy"] = "faiss",
+    ) -> None:
+        self._db = db
+        self._model_version_id = model_version_id
+        self._model_checksum = model_checksum
+        self._dim = dim
+        self._snapshot_dir = snapshot_dir
+        self._backend = backend
+        self._indexes: dict[int, GalleryIndex] = {}
+        self._applied_seq = 0
+        # Serialises catch-up and snapshotting; searches only take the per-index lock.
+        self._lock = threading.Lock()
+
+    @property
+    def applied_seq(self) -> int:
+        """The newest change applied to the in-memory indexes."""
+        return self._applied_seq
+
+    def stats(self) -> IndexStats:
+        indexes = list(self._indexes.values())
+        return IndexStats(self._applied_seq, len(indexes), sum(ix.ntotal for ix in indexes))
+
+    # --- start-up -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load snapshots where they are trustworthy, rebuild the rest, and catch up."""
+        with self._lock:
+            with self._db.read() as session:
+                galleries = crud.list_galleries(session)
+                head = crud.max_seq(session)
+            start_seq = head
+            for gallery in galleries:
+                loaded = self._load_snapshot(gallery.id, head)
+                if loaded is None:
+                    # Read the sequence before the faces: replaying from it can only re-apply changes.
+                    with self._db.read() as session:
+                        seq = crud.max_seq(session)
+                    self._indexes[gallery.id] = self._rebuild(gallery.id)
+                else:
+                    self._indexes[gallery.id], seq = loaded
+                start_seq = min(start_seq, seq)
+            self._applied_seq = start_seq
+            self._catch_up_locked()
+            self._verify_counts()
+
+    def _load_snapshot(self, gallery_id: int, head: int) -> tuple[GalleryIndex, int] | None:
+        path = self._gallery_dir(gallery_id)
+        if path is None or not (path / "manifest.json").exists():
+            return None
+        try:
+            index, meta = GalleryIndex.load(path)
+        except IndexCorruptError as exc:
+            log.warning(
+                "index snapshot for gallery %d is unusable (%s); rebuilding from the database",
+                gallery_id,
+                exc,
+            )
+            return None
+        seq = meta.get("last_seq")
+        if (
+            meta.get("model_checksum") != self._model_checksum
+            or meta.get("gallery_id") != gallery_id
+            or not isinstance(seq, int)
+            or seq > head
+        ):
+            log.warning("index snapshot for gallery %d does not match the database; rebuilding", gallery_id)
+            return None
+        return index, seq
+
+    def _rebuild(self, gallery_id: int) -> GalleryIndex:
+        index = GalleryIndex(self._dim, backend=self._backend)
+        with self._db.read() as session:
+            for face_ids, identity_ids, x in crud.iter_gallery_embeddings(
+                session, gallery_id=gallery_id, model_version_id=self._model_version_id
+            ):
+                index.add(face_ids, identity_ids, x)
+        log.info("rebuilt the index of gallery %d from the database: %d faces", gallery_id, index.ntotal)
+        return index
+
+    def _verify_counts(self) -> None:
+        with self._db.read() as session:
+            for gallery_id, index in list(self._indexes.items()):
+                _, expected = crud.gallery_counts(
+                    session, gallery_id=gallery_id, model_version_id=self._model_version_id
+                )
+                if index.ntotal != expected:
+                    log.warning(
+                        "gallery %d index has %d faces but the database %d; rebuilding",
+                        gallery_id,
+                        index.ntotal,
+                        expected,
+                    )
+                    self._indexes[gallery_id] = self._rebuild(gallery_id)
+
+    # --- catching up ----------------------------------------------------------------------------------
+
+    def catch_up(self) -> int:
+        """Apply every change newer than the last one applied; returns how many were applied."""
+        with self._lock:
+            return self._catch_up_locked()
+
+    def lag(self) -> int:
+        """How many changes the database has that the index has not applied yet."""
+        with self._db.read() as session:
+            return max(0, crud.max_seq(session) - self._applied_seq)
+
+    def _catch_up_locked(self) -> int:
+        applied = 0
+        while True:
+            with self._db.read() as session:
+                changes = crud.changes_after(session, seq=self._applied_seq, limit=_BATCH)
+                added = [c.face_id for c in changes if c.kind == ChangeKind.FACE_ADDED and c.face_id is not None]
+                rows = crud.face_embeddings(session, face_ids=added, model_version_id=self._model_version_id)
+            if not changes:
+                return applied
+            self._apply(changes, rows)
+            self._applied_seq = changes[-1].seq
+            applied += len(changes)
+
+    def _apply(self, changes: Sequence[Change], rows: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        face_ids, identity_ids, x = rows
+        row_of = {int(f): i for i, f in enumerate(face_ids)}
+        # Consecutive additions are added in one call per gallery; a removal first flushes its gallery's.
+        pending: dict[int, list[int]] = {}
+
+        def flush(gallery_id: int) -> None:
+            rows_ = pending.pop(gallery_id, [])
+            if rows_:
+                self._add(gallery_id, face_ids[rows_], identity_ids[rows_], x[rows_])
+
+        for change in changes:
+            gid = change.gallery_id
+            if change.kind == ChangeKind.FACE_ADDED:
+                row = row_of.get(change.face_id if change.face_id is not None else -1)
+                if row is not None:  # None: deleted since, or made by another model version
+                    pending.setdefault(gid, []).append(row)
+                continue
+            flush(gid)
+            index = self._indexes.get(gid)
+            if change.kind == ChangeKind.FACE_REMOVED and index is not None:
+                index.remove_faces(np.array([change.face_id], dtype=np.int64))
+            elif change.kind == ChangeKind.IDENTITY_REMOVED and index is not None:
+                index.remove_identity(int(change.identity_id or -1))
+            elif change.kind == ChangeKind.GALLERY_REMOVED:
+                self._indexes.pop(gid, None)
+                self._drop_snapshot(gid)
+        for gid in list(pending):
+            flush(gid)
+
+    def _add(self, gallery_id: int, face_ids: np.ndarray, identity_ids: np.ndarray, x: np.ndarray) -> None:
+        index = self._indexes.get(gallery_id)
+        if index is None:
+            index = self._indexes[gallery_id] = GalleryIndex(self._dim, backend=self._backend)
+        new = ~index.contains(face_ids)
+        if new.any():
+            index.add(face_ids[new], identity_ids[new], x[new])
+
+    # --- search ---------------------------------------------------------------------------------------
+
+    def search(self, gallery_id: int, xq: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-k distinct identities per query row of ``xq`` (float32 (M, D)); [] for an empty gallery."""
+        index = self._indexes.get(gallery_id)
+        if index is None or index.ntotal == 0:
+            return [[] for _ in range(len(xq))]
+        return index.search(xq, k)
+
+    # --- snapshots ------------------------------------------------------------------------------------
+
+    def save_snapshots(self) -> None:
+        """Write every gallery's index and the sequence it reflects, atomically per gallery."""
+        if self._snapshot_dir is None:
+            return
+        with self._lock:
+            for gallery_id, index in self._indexes.items():
+                path = self._gallery_dir(gallery_id)
+                assert path is not None
+                index.save(
+                    path,
+                    meta={
+                        "gallery_id": gallery_id,
+                        "model_checksum": self._model_checksum,
+                        "last_seq": self._applied_seq,
+                    },
+                )
+
+    def _gallery_dir(self, gallery_id: int) -> Path | None:
+        return None if self._snapshot_dir is None else self._snapshot_dir / f"gallery-{gallery_id}"
+
+    def _drop_snapshot(self, gallery_id: int) -> None:
+        path = self._gallery_dir(gallery_id)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)

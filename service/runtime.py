@@ -1,0 +1,77 @@
+"""Builds the long-lived resources from settings, for the HTTP server and the CLI alike."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from embedding import TorchEmbedder
+from service.batching import MicroBatcher
+from service.core import FaceService
+from service.db.engine import Database
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The database, the embedder (behind a micro-batcher when serving) and the service over them."""
+
+    settings: Settings
+    db: Database
+    embedder: TorchEmbedder
+    batcher: MicroBatcher | None
+    service: FaceService
+
+    def sync_loop(self, stop: threading.Event) -> None:
+        """Catch the index up with other processes' writes until ``stop``; snapshot it now and then."""
+        last_snapshot = time.monotonic()
+        while not stop.wait(self.settings.index_sync_interval_s):
+            try:
+                self.service.indexes.catch_up()
+                if time.monotonic() - last_snapshot > self.settings.snapshot_interval_s:
+                    self.service.indexes.save_snapshots()
+                    last_snapshot = time.monotonic()
+            except Exception:  # keep serving; the next round retries and readyz shows the lag
+                log.exception("index catch-up failed")
+
+    def close(self) -> None:
+        """Snapshot the index, stop the embedder worker, close the database pool."""
+        try:
+            self.service.stop()
+        finally:
+            if self.batcher is not None:
+                self.batcher.close()
+            self.db.dispose()
+
+
+def build_runtime(settings: Settings, *, batching: bool = True) -> Runtime:
+    """Open the database, load the model, and bring the index up to date."""
+    if settings.torch_threads:
+        import torch  # noqa: PLC0415 - only needed for this setting
+
+        torch.set_num_threads(settings.torch_threads)
+    db = Database(settings.resolved_database_url)
+    embedder = TorchEmbedder(settings.resolved_model_path, device=settings.device, batch_size=settings.embed_batch_size)
+    batcher = (
+        MicroBatcher(
+            embedder.embed,
+            max_batch=settings.embed_batch_size,
+            max_wait_s=settings.embed_batch_wait_ms / 1000,
+            max_queue=settings.embed_queue_size,
+        )
+        if batching
+        else None
+    )
+    service = FaceService(settings=settings, db=db, embedder=embedder, batcher=batcher)
+    try:
+        service.start()
+    except BaseException:
+        if batcher is not None:
+            batcher.close()
+        db.dispose()
+        raise
+    return Runtime(settings=settings, db=db, embedder=embedder, batcher=batcher, service=service)

@@ -1,0 +1,129 @@
+"""Request and response models, in ``XCreate`` / ``XUpdate`` / ``XPublic`` families."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+GalleryName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whitespace=True)]
+DisplayName = Annotated[str, StringConstraints(max_length=256)]
+
+
+class GalleryCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: GalleryName = Field(description="Lower-case letters, digits, '-' and '_'; at most 64 characters.")
+
+
+class GalleryPublic(BaseModel):
+    name: str
+    created_at: datetime
+    identity_count: int
+    face_count: int
+
+
+class GalleriesPublic(BaseModel):
+    items: list[GalleryPublic]
+
+
+class IdentityCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    external_id: ExternalId = Field(description="Your key for this person; unique within the gallery.")
+    display_name: DisplayName | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class IdentityUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    external_id: ExternalId | None = None
+    display_name: DisplayName | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class IdentityPublic(BaseModel):
+    id: int
+    gallery: str
+    external_id: str
+    display_name: str | None
+    metadata: dict[str, Any]
+    face_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class IdentitiesPublic(BaseModel):
+    items: list[IdentityPublic]
+    next_cursor: int | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class FacePublic(BaseModel):
+    id: int
+    identity_id: int
+    image_sha256: str
+    model_version: str
+    created_at: datetime
+
+
+class FacesPublic(BaseModel):
+    items: list[FacePublic]
+
+
+class AcceptedFace(BaseModel):
+    filename: str
+    face_id: int
+
+
+class RejectedFile(BaseModel):
+    filename: str
+    code: str
+    message: str
+
+
+class EnrollPublic(BaseModel):
+    identity_id: int
+    accepted: list[AcceptedFace]
+    rejected: list[RejectedFile]
+
+
+class IdentityRef(BaseModel):
+    id: int
+    external_id: str
+    display_name: str | None
+
+
+class Candidate(BaseModel):
+    identity: IdentityRef
+    score: float = Field(description="Cosine similarity of the probe to this person's best-matching face.")
+    face_id: int
+
+
+class IdentifyPublic(BaseModel):
+    gallery: str
+    model_version: str
+    threshold: float
+    candidates: list[Candidate] = Field(description="Distinct identities, best first.")
+    match: Candidate | None = Field(description="The top candidate if its score >= threshold, else null.")
+
+
+class VerifyPublic(BaseModel):
+    model_version: str
+    score: float
+    threshold: float
+    match: bool
+
+
+class HealthPublic(BaseModel):
+    status: str
+    checks: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorPublic(BaseModel):
+    error: ErrorBody

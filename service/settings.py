@@ -1,0 +1,74 @@
+"""Service configuration: one settings class, read from ``FACEDB_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service; override any field with ``FACEDB_<FIELD>`` (e.g. ``FACEDB_DATABASE_URL``)."""
+
+    model_config = SettingsConfigDict(env_prefix="FACEDB_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path("facedb_data"), description="Where the SQLite file and index live.")
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; empty means a SQLite file `facedb.sqlite3` in data_dir.",
+    )
+    model_path: Path | None = Field(default=None, description="Embedder checkpoint; empty = shipped default.")
+    index_dir: Path | None = Field(default=None, description="Index snapshots; empty = data_dir/index.")
+    index_backend: Literal["faiss", "numpy"] = "faiss"
+    index_sync_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the index catches up with writes made by other processes."
+    )
+    snapshot_interval_s: float = Field(default=60.0, gt=0, description="How often index snapshots are saved.")
+    device: str | None = Field(default=None, description="torch device for the embedder; empty = auto.")
+
+    threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="Decision threshold; empty = the model card's default."
+    )
+
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Per image file.")
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="Whole HTTP request body.")
+    max_pixels: int = Field(default=40_000_000, gt=0, description="Width x height of one decoded image.")
+    max_images_per_request: int = Field(default=32, gt=0)
+    default_top_k: int = Field(default=5, gt=0)
+    max_top_k: int = Field(default=100, gt=0)
+    max_page_size: int = Field(default=500, gt=0)
+
+    embed_batch_size: int = Field(default=32, gt=0, description="Faces per embedder forward pass.")
+    embed_batch_wait_ms: float = Field(default=2.0, ge=0, description="How long a micro-batch waits to fill.")
+    embed_queue_size: int = Field(default=256, gt=0, description="Queued images before requests get 429.")
+    torch_threads: int | None = Field(default=None, gt=0, description="torch intra-op threads; empty = torch's.")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.default_top_k > self.max_top_k:
+            raise ValueError("default_top_k must not exceed max_top_k")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data directory."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'facedb.sqlite3'}"
+
+    @property
+    def resolved_index_dir(self) -> Path:
+        """Where index snapshots are written."""
+        return self.index_dir or self.data_dir / "index"
+
+    @property
+    def resolved_model_path(self) -> Path:
+        """The embedder checkpoint to load."""
+        if self.model_path is not None:
+            return self.model_path
+        from embedding import default_model_path  # noqa: PLC0415 - keeps settings import light
+
+        return default_model_path()

@@ -1,0 +1,128 @@
+"""Shared fixtures: a real SQLite file and a real PostgreSQL database per test, the real default model."""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from service.api import create_app
+from service.db import migrate
+from service.db.engine import Database
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("FACEDB_DATA_ROOT", REPO.parent / "shared" / "data"))
+ATT = DATA_ROOT / "att_faces"
+PG_ADMIN_URL = os.environ.get("FACEDB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def require_data(path: Path) -> Path:
+    """Skip the test, saying why, when the shared face data is not beside the repository."""
+    if not path.exists():
+        pytest.skip(f"face data not found at {path} (set FACEDB_DATA_ROOT or put ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> str:
+    """URL of a PostgreSQL database we may create and drop databases from."""
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        if os.environ.get("FACEDB_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required (FACEDB_REQUIRE_POSTGRES=1) but {PG_ADMIN_URL} failed: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+    finally:
+        engine.dispose()
+    return PG_ADMIN_URL
+
+
+@pytest.fixture
+def pg_url(pg_admin: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"facedb_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_admin, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(pg_admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind: a SQLite file, and a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'facedb.sqlite3'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def db_url(empty_db_url: str) -> str:
+    """A database of each kind, migrated to the newest schema."""
+    db = Database(empty_db_url)
+    try:
+        migrate.upgrade(db.engine)
+    finally:
+        db.dispose()
+    return empty_db_url
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, db_url: str) -> Callable[..., Settings]:
+    """Settings for a test: its own data directory and database, no environment or .env file."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "data_dir": tmp_path / "data",
+            "database_url": db_url,
+            "index_sync_interval_s": 0.2,
+            "torch_threads": 2,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """A client of a running app (lifespan entered) on a fresh database."""
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def image_bytes(seed: int, size: tuple[int, int] = (92, 112), fmt: str = "PNG", mode: str = "L") -> bytes:
+    """A deterministic synthetic image: smooth random blobs, distinct per seed."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    small = rng.integers(0, 256, size=(h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def att_image(subject: int, index: int) -> Path:
+    return require_data(ATT) / f"s{subject}" / f"{index}.pgm"
