@@ -397,6 +397,7 @@ class FaceService:
             checks["database"] = False
             lag = None
         checks["index_lag"] = lag
+        checks["index_faces"] = self.indexes.stats().faces if self._indexes is not None else None
         ready = bool(checks["model"]) and bool(checks["database"]) and lag == 0
         return ready, checks
 

@@ -1,0 +1,222 @@
+"""The database is the truth and the index a cache: snapshots are checked, replayed or rebuilt, and a
+server killed with SIGKILL mid-enrolment comes back with every acknowledged face and nothing else."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from service import schemas
+from service.core import Upload
+from service.runtime import Runtime, build_runtime
+from service.settings import Settings
+from tests.conftest import REPO, image_bytes
+
+
+def start(settings: Settings) -> Runtime:
+    return build_runtime(settings, batching=False)
+
+
+def enroll_people(rt: Runtime, n: int, seed: int = 0) -> list[int]:
+    ids = []
+    for i in range(n):
+        ident = rt.service.create_identity("default", schemas.IdentityCreate(external_id=f"s{seed}-{i}"))
+        rt.service.enroll("default", ident.id, [Upload(f"{i}.png", image_bytes(seed * 1000 + i))])
+        ids.append(ident.id)
+    return ids
+
+
+def snapshot_files(settings: Settings) -> list[Path]:
+    return sorted(settings.resolved_index_dir.glob("gallery-*/*"))
+
+
+def test_snapshot_is_reused_and_caught_up(settings: Settings) -> None:
+    rt = start(settings)
+    enroll_people(rt, 3)
+    rt.close()  # writes the snapshot
+    assert any(p.name == "manifest.json" for p in snapshot_files(settings))
+
+    # another process writes after the snapshot: the next start replays only those changes
+    other = start(settings)
+    enroll_people(other, 2, seed=1)
+    other.service.delete_identity("default", 1)
+    other.db.dispose()  # killed before it could snapshot
+
+    rt = start(settings)
+    try:
+        assert rt.service.indexes.stats().faces == 4
+        assert rt.service.indexes.lag() == 0
+        hits = rt.service.identify("default", Upload("p.png", image_bytes(1001)), top_k=1).candidates
+        assert hits[0].identity.external_id == "s1-1"
+        gone = rt.service.identify("default", Upload("p.png", image_bytes(0)), top_k=10).candidates
+        assert "s0-0" not in [c.identity.external_id for c in gone]
+    finally:
+        rt.close()
+
+
+@pytest.mark.parametrize("target", ["index.faiss", "faces.npy", "manifest.json"])
+def test_corrupt_snapshot_is_rebuilt(settings: Settings, target: str) -> None:
+    rt = start(settings)
+    enroll_people(rt, 4)
+    rt.close()
+    (path,) = [p for p in snapshot_files(settings) if p.name == target]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    rt = start(settings)
+    try:
+        assert rt.service.indexes.stats().faces == 4
+        top = rt.service.identify("default", Upload("p.png", image_bytes(2)), top_k=1).candidates[0]
+        assert (top.identity.external_id, top.score > 0.999) == ("s0-2", True)
+    finally:
+        rt.close()
+
+
+@pytest.mark.parametrize("log_too", [True, False], ids=["restored-backup", "rows-deleted-behind-its-back"])
+def test_snapshot_that_disagrees_with_the_database_is_rebuilt(settings: Settings, log_too: bool) -> None:
+    """A snapshot ahead of the database (restored from backup) or with other faces is not trusted."""
+    rt = start(settings)
+    enroll_people(rt, 5)
+    rt.close()
+    with rt.db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM faces WHERE id > 3"))
+        if log_too:
+            conn.execute(text("DELETE FROM changes WHERE seq > 3"))
+    rt = start(settings)
+    try:
+        assert rt.service.indexes.stats().faces == 3
+        hits = rt.service.identify("default", Upload("p.png", image_bytes(4)), top_k=10).candidates
+        assert all(h.face_id <= 3 for h in hits)
+    finally:
+        rt.close()
+
+
+def test_other_process_writes_reach_a_running_server(make_settings: Callable[..., Settings]) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+
+    settings = make_settings(index_sync_interval_s=0.1)
+    with TestClient(create_app(settings)) as client:
+        writer = start(settings)  # as `facedb enroll` would, in its own process
+        try:
+            enroll_people(writer, 2, seed=7)
+        finally:
+            writer.db.dispose()
+        deadline = time.monotonic() + 5
+        while client.get("/readyz").json()["checks"]["index_lag"] != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = client.post("/v1/galleries/default/identify", files={"image": ("p.png", image_bytes(7001), "image/png")})
+        assert r.json()["candidates"][0]["identity"]["external_id"] == "s7-1"
+
+
+# --- a real server process, killed ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], tuple[subprocess.Popen[bytes], str]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    env = os.environ | {
+        "FACEDB_DATA_DIR": str(settings.data_dir),
+        "FACEDB_DATABASE_URL": settings.resolved_database_url,
+        "FACEDB_INDEX_SYNC_INTERVAL_S": "0.2",
+        "FACEDB_TORCH_THREADS": "1",
+    }
+
+    def launch() -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        log = (tmp_path / f"server-{len(procs)}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {(tmp_path / f'server-{len(procs) - 1}.log').read_text()}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    return proc, url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not become ready")
+
+    yield launch
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_enrolment_loses_no_acknowledged_face(
+    server: Callable[[], tuple[subprocess.Popen[bytes], str]],
+) -> None:
+    proc, url = server()
+    acked: dict[int, int] = {}  # face id -> image seed
+    stop = threading.Event()
+
+    def writer() -> None:
+        with httpx.Client(base_url=url, timeout=10) as c:
+            for i in range(10_000):
+                if stop.is_set():
+                    return
+                try:
+                    ident = c.post("/v1/galleries/default/identities", json={"external_id": f"k{i}"})
+                    if ident.status_code != 201:
+                        continue
+                    r = c.post(
+                        f"/v1/galleries/default/identities/{ident.json()['id']}/faces",
+                        files={"image": ("f.png", image_bytes(5000 + i), "image/png")},
+                    )
+                except httpx.TransportError:
+                    return
+                if r.status_code == 201:
+                    acked[r.json()["accepted"][0]["face_id"]] = 5000 + i
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while len(acked) < 15 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stop.set()
+    thread.join()
+    assert len(acked) >= 15
+
+    _, url = server()
+    with httpx.Client(base_url=url, timeout=30) as c:
+        ready = c.get("/readyz").json()
+        gallery = c.get("/v1/galleries/default").json()
+        assert ready["checks"]["index_lag"] == 0
+        assert ready["checks"]["index_faces"] == gallery["face_count"] >= len(acked)
+        for face_id, seed in list(acked.items())[:: max(1, len(acked) // 8)]:
+            r = c.post("/v1/galleries/default/identify", files={"image": ("p.png", image_bytes(seed), "image/png")})
+            top = r.json()["candidates"][0]
+            assert top["face_id"] == face_id
+            assert top["score"] > 0.999
