@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,15 +89,15 @@ def db_url(empty_db_url: str) -> str:
 def make_settings(tmp_path: Path, db_url: str) -> Callable[..., Settings]:
     """Settings for a test: its own data directory and database, no environment or .env file."""
 
-    def make(**overrides: object) -> Settings:
-        values: dict[str, object] = {
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
             "data_dir": tmp_path / "data",
             "database_url": db_url,
             "index_sync_interval_s": 0.2,
             "torch_threads": 2,
         }
         values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return Settings(_env_file=None, **values)
 
     return make
 

@@ -39,7 +39,7 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json()["checks"] == {"model": True, "database": True, "index_lag": 0}
+    assert r.json()["checks"] == {"model": True, "database": True, "index_lag": 0, "index_faces": 0}
 
 
 def test_openapi_lists_the_api(client: TestClient) -> None:

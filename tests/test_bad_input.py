@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -38,7 +38,7 @@ def noise_jpeg(w: int, h: int) -> bytes:
 
 
 @pytest.fixture
-def small_limits_client(make_settings: Callable[..., Settings]) -> TestClient:
+def small_limits_client(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
     settings = make_settings(
         max_pixels=300 * 300,
         max_upload_bytes=200_000,
@@ -47,7 +47,7 @@ def small_limits_client(make_settings: Callable[..., Settings]) -> TestClient:
         max_top_k=10,
     )
     with TestClient(create_app(settings)) as c:
-        yield c  # type: ignore[misc]
+        yield c
 
 
 def counts(client: TestClient) -> tuple[int, int]:

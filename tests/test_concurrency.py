@@ -62,7 +62,7 @@ def test_concurrent_enroll_and_identify(client: TestClient) -> None:
 
 def test_concurrent_duplicate_external_id(client: TestClient) -> None:
     def create(_: int) -> int:
-        return client.post(f"{G}/identities", json={"external_id": "same"}).status_code
+        return int(client.post(f"{G}/identities", json={"external_id": "same"}).status_code)
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         codes = sorted(pool.map(create, range(6)))
