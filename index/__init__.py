@@ -3,7 +3,7 @@ and identity-level search with persistence (`GalleryIndex`)."""
 
 from index.base import IndexCorruptError, VectorIndex
 from index.brute_force import BruteForceIndex
-from index.faiss_index import FaissIndex
+from index.faiss_index import FaissIndex, set_search_threads
 from index.gallery import GalleryIndex, Hit
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "Hit",
     "IndexCorruptError",
     "VectorIndex",
+    "set_search_threads",
 ]

@@ -200,9 +200,7 @@ class FaissIndex:
         return atomic_write_bytes(path, self.serialize().data)
 
     @classmethod
-    def load(
-        cls, path: Path, *, expected_sha256: str | None = None, use_gpu: bool | None = None
-    ) -> FaissIndex:
+    def load(cls, path: Path, *, expected_sha256: str | None = None, use_gpu: bool | None = None) -> FaissIndex:
         """Read an index written by `save`; IndexCorruptError on I/O error, checksum mismatch or bad type."""
         try:
             data = Path(path).read_bytes()
@@ -215,3 +213,14 @@ class FaissIndex:
     def _invalidate_gpu(self) -> None:
         if self._gpu is not None:
             self._gpu.invalidate()
+
+
+def set_search_threads(n: int) -> None:
+    """Set FAISS's OpenMP thread count for this process (n >= 1).
+
+    A server answering many single-query searches at once gets its parallelism from concurrent requests;
+    more OpenMP threads than free cores then only adds spin-waiting, so 1 is the serving default.
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    faiss.omp_set_num_threads(n)

@@ -215,9 +215,7 @@ class GalleryIndex:
                 "faces_sha256": atomic_write_bytes(directory / FACES_FILE, buf.getbuffer()),
                 "meta": meta,
             }
-            atomic_write_bytes(
-                directory / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True).encode()
-            )
+            atomic_write_bytes(directory / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True).encode())
 
     @classmethod
     def load(
@@ -240,9 +238,7 @@ class GalleryIndex:
         if index.dim != dim:
             raise IndexCorruptError(f"index dim {index.dim} != manifest dim {dim}")
         if not index.ntotal == faces.shape[0] == ntotal:
-            raise IndexCorruptError(
-                f"counts disagree: index {index.ntotal}, faces {faces.shape[0]}, manifest {ntotal}"
-            )
+            raise IndexCorruptError(f"counts disagree: index {index.ntotal}, faces {faces.shape[0]}, manifest {ntotal}")
         order = np.argsort(faces[:, 0], kind="stable")
         face_ids, ident_ids = faces[order, 0].copy(), faces[order, 1].copy()
         if not np.array_equal(face_ids, index.ids()):

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from embedding import TorchEmbedder
+from index import set_search_threads
 from service.batching import MicroBatcher
 from service.core import FaceService
 from service.db.engine import Database
@@ -54,6 +55,7 @@ def build_runtime(settings: Settings, *, batching: bool = True) -> Runtime:
         import torch  # noqa: PLC0415 - only needed for this setting
 
         torch.set_num_threads(settings.torch_threads)
+    set_search_threads(settings.index_threads)
     db = Database(settings.resolved_database_url)
     embedder = TorchEmbedder(settings.resolved_model_path, device=settings.device, batch_size=settings.embed_batch_size)
     batcher = (

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(default=32, gt=0, description="Faces per embedder forward pass.")
     embed_batch_wait_ms: float = Field(default=2.0, ge=0, description="How long a micro-batch waits to fill.")
     embed_queue_size: int = Field(default=256, gt=0, description="Queued images before requests get 429.")
+    index_threads: int = Field(default=1, gt=0, description="FAISS OpenMP threads per search.")
     torch_threads: int | None = Field(default=None, gt=0, description="torch intra-op threads; empty = torch's.")
 
     host: str = "127.0.0.1"

@@ -1,0 +1,53 @@
+"""Acceptance: enrol AT&T s1-s40 with images 1-5 through the HTTP API, identify images 6-10.
+
+The default model never saw AT&T in training (see its model card), so this is a fair test of it.
+"""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.conftest import ATT, att_image, require_data
+
+G = "/v1/galleries/default"
+# The default model's card reports its own AT&T rank-1; this floor only guards against regressions.
+RANK1_FLOOR = 0.85
+
+
+def test_att_enrol_and_identify(client: TestClient) -> None:
+    require_data(ATT)
+    ids: dict[int, int] = {}
+    for s in range(1, 41):
+        ident = client.post(f"{G}/identities", json={"external_id": f"s{s}"}).json()
+        files = [("image", (f"{i}.pgm", att_image(s, i).read_bytes(), "image/x-portable-graymap")) for i in range(1, 6)]
+        r = client.post(f"{G}/identities/{ident['id']}/faces", files=files, data={"detect": "false"})
+        assert r.status_code == 201, r.text
+        assert len(r.json()["accepted"]) == 5
+        ids[s] = ident["id"]
+
+    correct = total = matched_right = 0
+    for s in range(1, 41):
+        for i in range(6, 11):
+            r = client.post(
+                f"{G}/identify",
+                files={"image": (f"{i}.pgm", att_image(s, i).read_bytes(), "image/x-portable-graymap")},
+                data={"detect": "false", "top_k": 5},
+            )
+            assert r.status_code == 200, r.text
+            body = r.json()
+            total += 1
+            correct += body["candidates"][0]["identity"]["id"] == ids[s]
+            matched_right += body["match"] is not None and body["match"]["identity"]["id"] == ids[s]
+    rank1 = correct / total
+    print(
+        f"AT&T rank-1 through the API: {rank1:.3f} ({correct}/{total}); accepted at default threshold: "
+        f"{matched_right}/{total}"
+    )
+    assert rank1 >= RANK1_FLOOR
+
+    # deleting an identity removes it from results at once
+    client.delete(f"{G}/identities/{ids[1]}")
+    r = client.post(
+        f"{G}/identify", files={"image": ("6.pgm", att_image(1, 6).read_bytes(), "image/x-portable-graymap")}
+    )
+    assert ids[1] not in [c["identity"]["id"] for c in r.json()["candidates"]]
