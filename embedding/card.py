@@ -1,0 +1,75 @@
+"""Model card: what a model file contains and exactly how its input is prepared."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class InputSpec(BaseModel):
+    """How a decoded RGB face image (uint8, (H, W, 3)) becomes the model input.
+
+    Steps, implemented once in `embedding.preprocess.to_model_input`:
+
+    1. `resize="center_crop"`: cut the largest centred box with the aspect ratio width/height;
+       `resize="stretch"`: keep the whole image (aspect ratio not preserved).
+    2. `channels=1`: grey = ITU-R 601 luma, 0.299 R + 0.587 G + 0.114 B (float, not rounded);
+       `channels=3`: RGB in that order.
+    3. Resize to (height, width) with Pillow's antialiased bilinear filter.
+    4. Scale to [0, 1] (divide by 255), then `(x - mean) / std`.
+
+    The result is float32 (N, channels, height, width).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    height: int = Field(gt=0, le=4096)
+    width: int = Field(gt=0, le=4096)
+    channels: Literal[1, 3]
+    mean: float
+    std: float = Field(gt=0)
+    resize: Literal["stretch", "center_crop"] = "center_crop"
+
+
+class ModelCard(BaseModel):
+    """Everything the service needs to know about a model file besides its weights.
+
+    `thresholds` maps a false-accept-rate label such as "1e-3" to the cosine-similarity threshold
+    (accept when similarity >= threshold) measured at that FAR; `default_threshold` is one of those
+    values and `default_threshold_far` its label. `version` is derived from the weights by
+    `embedding.checkpoint.save_checkpoint`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    version: str
+    arch: str
+    arch_params: dict[str, Any]
+    embedding_dim: int = Field(gt=0)
+    input: InputSpec
+    training: dict[str, Any]
+    metrics: dict[str, Any]
+    thresholds: dict[str, float]
+    default_threshold: float
+    default_threshold_far: float
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _default_threshold_is_listed(self) -> ModelCard:
+        """`default_threshold` / `default_threshold_far` must name an entry of `thresholds`."""
+        if not self.thresholds:
+            return self
+        by_far = {float(label): value for label, value in self.thresholds.items()}
+        if self.default_threshold_far not in by_far:
+            raise ValueError(
+                f"default_threshold_far={self.default_threshold_far} is not a key of thresholds "
+                f"{sorted(self.thresholds)}"
+            )
+        if abs(by_far[self.default_threshold_far] - self.default_threshold) > 1e-9:
+            raise ValueError(
+                f"default_threshold={self.default_threshold} differs from thresholds at FAR "
+                f"{self.default_threshold_far} ({by_far[self.default_threshold_far]})"
+            )
+        return self
