@@ -116,7 +116,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     except UnidentifiedImageError as exc:
         raise ImageError(
             UNSUPPORTED_IMAGE,
-            f"not a recognised image; supported formats: {', '.join(SUPPORTED_FORMATS)}",
+            "not a recognised image; supported formats: JPEG, PNG, PGM/PPM/PBM, GIF, BMP, WebP",
         ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _pillow_bomb_error(exc, n_bytes, max_pixels) from exc
