@@ -21,6 +21,7 @@ EmbedFn = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 @dataclass
 class _Job:
+    fn: EmbedFn
     images: Sequence[np.ndarray]
     future: Future[np.ndarray] = field(default_factory=Future)
 
@@ -28,13 +29,14 @@ class _Job:
 class MicroBatcher:
     """Gathers images from concurrent requests into batches for one worker thread.
 
-    ``embed(images)`` blocks the calling thread (never the event loop) until its rows are ready. When more
-    than ``max_queue`` images wait, new work is refused with :class:`OverloadedError` (HTTP 429) rather than
-    queueing without bound; a single request larger than the queue is still accepted when the queue is empty.
+    ``embed(fn, images)`` blocks the calling thread (never the event loop) until its rows are ready; only jobs
+    with the same ``fn`` (the same model) share a batch, so a model switch never mixes models in one call.
+    When more than ``max_queue`` images wait, new work is refused with :class:`OverloadedError` (HTTP 429)
+    rather than queueing without bound; a single request larger than the queue is still accepted when the
+    queue is empty.
     """
 
-    def __init__(self, fn: EmbedFn, *, max_batch: int, max_wait_s: float, max_queue: int) -> None:
-        self._fn = fn
+    def __init__(self, *, max_batch: int, max_wait_s: float, max_queue: int) -> None:
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
@@ -50,13 +52,13 @@ class MicroBatcher:
         """Images waiting to be embedded."""
         return self._queued
 
-    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """float32 (N, D) embeddings of ``images``, in order."""
-        return self.submit(images).result()
+    def embed(self, fn: EmbedFn, images: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 (N, D) embeddings of ``images`` by ``fn``, in order."""
+        return self.submit(fn, images).result()
 
-    def submit(self, images: Sequence[np.ndarray]) -> Future[np.ndarray]:
-        """Queue images; the future resolves to float32 (N, D)."""
-        job = _Job(list(images))
+    def submit(self, fn: EmbedFn, images: Sequence[np.ndarray]) -> Future[np.ndarray]:
+        """Queue images for ``fn``; the future resolves to float32 (N, D)."""
+        job = _Job(fn, list(images))
         with self._cond:
             if self._closed:
                 raise RuntimeError("the embedder has been shut down")
@@ -86,12 +88,14 @@ class MicroBatcher:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            batch: list[_Job] = []
-            n = 0
-            while self._jobs and (not batch or n + len(self._jobs[0].images) <= self._max_batch):
-                job = self._jobs.popleft()
-                batch.append(job)
-                n += len(job.images)
+            batch = [self._jobs.popleft()]
+            n = len(batch[0].images)
+            # Later jobs of the same model join while they fit; others keep their place in the queue.
+            for job in list(self._jobs):
+                if job.fn == batch[0].fn and n + len(job.images) <= self._max_batch:
+                    self._jobs.remove(job)
+                    batch.append(job)
+                    n += len(job.images)
             self._queued -= n
             return batch
 
@@ -99,7 +103,7 @@ class MicroBatcher:
         while (batch := self._take_batch()) is not None:
             images = [img for job in batch for img in job.images]
             try:
-                out = self._fn(images)
+                out = batch[0].fn(images)
             except Exception as exc:  # handed to every waiting caller, not swallowed
                 log.exception("embedding a batch of %d images failed", len(images))
                 for job in batch:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,14 +14,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from embedding import Embedder, ImageError, decode_image
-from service import schemas
+from service import registry, schemas
 from service.batching import MicroBatcher
 from service.db import crud
 from service.db.engine import Database
 from service.db.migrate import check_schema
 from service.db.models import Gallery, Identity, ModelStatus, ModelVersion
 from service.errors import FacedbError, not_found
+from service.faces import decode_crop, encode_crop, face_crop
 from service.indexing import IndexManager
+from service.registry import ModelInfo
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,94 +40,156 @@ class Upload:
 
 
 @dataclass(frozen=True)
-class ActiveModel:
-    """The model version this process embeds and searches with."""
+class Serving:
+    """One model version with its embedder and indexes; requests use one such snapshot throughout."""
 
-    id: int
-    name: str
-    version: str
-    checksum: str
-    dim: int
-    default_threshold: float
+    model: ModelInfo
+    embedder: Embedder
+    indexes: IndexManager
 
 
 class FaceService:
-    """Composes the database, the embedder and the indexes into the product's operations."""
+    """Composes the database, the embedders and the indexes into the product's operations.
+
+    The database names the active model version. Each request takes the current :class:`Serving` once and
+    uses only it, so a model switch (swapping that reference) never mixes two models in one answer.
+    """
 
     def __init__(
         self, *, settings: Settings, db: Database, embedder: Embedder, batcher: MicroBatcher | None = None
     ) -> None:
         self.settings = settings
         self.db = db
-        self.embedder = embedder
+        self.configured = embedder
         self._batcher = batcher
-        self.model: ActiveModel | None = None
-        self._indexes: IndexManager | None = None
+        self._serving: Serving | None = None
+        # Versions being built by a re-index: enrolments are embedded with them too.
+        self._building: dict[int, Embedder] = {}
+        self._sync_lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Check the schema, load the model, register its version, and bring the indexes up to date."""
+        """Check the schema, settle the active model version, and bring its indexes up to date."""
         check_schema(self.db.engine)
-        self.embedder.load()
-        self.model = self._register_model()
-        self._indexes = IndexManager(
-            db=self.db,
-            model_version_id=self.model.id,
-            model_checksum=self.model.checksum,
-            dim=self.model.dim,
-            snapshot_dir=self.settings.resolved_index_dir,
-            backend=self.settings.index_backend,
-        )
-        self._indexes.start()
+        self.configured.load()
+        with self._sync_lock:
+            mv, embedder = self._resolve_active()
+            self._serving = self._build_serving(mv, embedder)
+            self._refresh_building()
 
     def stop(self) -> None:
         """Write index snapshots so that the next start only replays newer changes."""
-        if self._indexes is not None:
-            self._indexes.save_snapshots()
+        if self._serving is not None:
+            self._serving.indexes.save_snapshots()
+
+    def sync(self) -> None:
+        """Catch up with other processes: index changes, versions being built, and model switches."""
+        with self._sync_lock:
+            self.serving.indexes.catch_up()
+            self._refresh_building()
+            with self.db.read() as session:
+                active = crud.active_model_version(session)
+            if active is not None and active.checksum != self.serving.model.checksum:
+                self._switch(active)
+
+    @property
+    def serving(self) -> Serving:
+        if self._serving is None:
+            raise RuntimeError("FaceService.start() has not run")
+        return self._serving
 
     @property
     def indexes(self) -> IndexManager:
-        if self._indexes is None:
-            raise RuntimeError("FaceService.start() has not run")
-        return self._indexes
+        return self.serving.indexes
 
     @property
-    def active(self) -> ActiveModel:
-        if self.model is None:
-            raise RuntimeError("FaceService.start() has not run")
-        return self.model
+    def active(self) -> ModelInfo:
+        return self.serving.model
 
-    def _register_model(self) -> ActiveModel:
-        card, checksum = self.embedder.card, self.embedder.checksum
+    def _resolve_active(self) -> tuple[ModelVersion, Embedder]:
+        """The database's active version; the configured model becomes it when nothing is enrolled yet."""
+        conf = self.configured
         with self.db.write() as session:
-            mv = crud.get_model_version(session, checksum=checksum)
             active = crud.active_model_version(session)
-            if active is not None and active.checksum != checksum:
-                if crud.count_faces(session, model_version_id=active.id):
-                    raise FacedbError(
-                        409,
-                        "model_mismatch",
-                        f"the gallery was enrolled with model {active.name} {active.version} but "
-                        f"{card.name} {card.version} is configured; set FACEDB_MODEL_PATH to the enrolled "
-                        "model, or re-index the gallery with the new one",
-                    )
-                active.status = ModelStatus.RETIRED
-                session.flush()
-            if mv is None:
-                mv = crud.create_model_version(
-                    session,
-                    name=card.name,
-                    version=card.version,
-                    checksum=checksum,
-                    embedding_dim=card.embedding_dim,
-                    input_spec=card.input.model_dump(mode="json"),
-                    thresholds=dict(card.thresholds),
-                    default_threshold=card.default_threshold,
-                    status=ModelStatus.ACTIVE,
+            if active is not None and active.checksum == conf.checksum:
+                crud.store_model_file(session, model_version_id=active.id, data=self._configured_bytes())
+                return active, conf
+            if active is None or crud.count_all_faces(session) == 0:
+                mv = registry.register(
+                    session, embedder=conf, path=self.settings.resolved_model_path, status=ModelStatus.ACTIVE
                 )
-            mv.status = ModelStatus.ACTIVE
-            return _active(mv)
+                crud.activate_model_version(session, model_version=mv)
+                return mv, conf
+            log.warning(
+                "the configured model %s@%s is not the active one; serving the active %s@%s. "
+                "Run `facedb reindex --model %s` to switch.",
+                conf.card.name,
+                conf.card.version,
+                active.name,
+                active.version,
+                self.settings.resolved_model_path,
+            )
+            return active, registry.load_version(session, mv=active, settings=self.settings)
+
+    def _configured_bytes(self) -> bytes:
+        return self.settings.resolved_model_path.read_bytes()
+
+    def _build_serving(self, mv: ModelVersion, embedder: Embedder) -> Serving:
+        info = ModelInfo.of(mv)
+        indexes = IndexManager(
+            db=self.db,
+            model_version_id=info.id,
+            model_checksum=info.checksum,
+            dim=info.dim,
+            snapshot_dir=self.settings.resolved_index_dir / info.checksum[:16],
+            backend=self.settings.index_backend,
+            backfill=lambda face_ids: self.backfill_templates(info.id, embedder, face_ids),
+        )
+        indexes.start()
+        return Serving(model=info, embedder=embedder, indexes=indexes)
+
+    def _refresh_building(self) -> None:
+        with self.db.read() as session:
+            building = crud.building_model_versions(session)
+            for mv in building:
+                if mv.id not in self._building:
+                    self._building[mv.id] = registry.load_version(session, mv=mv, settings=self.settings)
+        keep = {mv.id for mv in building}
+        for mv_id in list(self._building):
+            if mv_id not in keep:
+                del self._building[mv_id]
+
+    def _switch(self, mv: ModelVersion) -> None:
+        started = time.monotonic()
+        old = self.serving
+        embedder = self._building.get(mv.id)
+        if embedder is None:
+            with self.db.read() as session:
+                embedder = registry.load_version(session, mv=mv, settings=self.settings)
+        self._serving = self._build_serving(mv, embedder)
+        log.info(
+            "switched from model %s to %s in %.2f s",
+            old.model.label,
+            mv.name + "@" + mv.version,
+            time.monotonic() - started,
+        )
+        old.indexes.save_snapshots()  # rolling back to it later starts from here
+
+    def backfill_templates(self, model_version_id: int, embedder: Embedder, face_ids: Sequence[int]) -> int:
+        """Compute and store the templates of one version for faces that lack them, from their crops."""
+        if not face_ids:
+            return 0
+        with self.db.read() as session:
+            crops = {f: c.data for f in face_ids if (c := crud.face_crop(session, face_id=f)) is not None}
+        if not crops:
+            return 0
+        ids = sorted(crops)
+        x = self._embed(embedder, [decode_crop(crops[f]) for f in ids])
+        with self.db.write() as session:
+            crud.insert_templates(session, model_version_id=model_version_id, face_ids=ids, embeddings=x)
+        log.info("made %d missing templates of model version %d", len(ids), model_version_id)
+        return len(ids)
 
     # --- galleries ------------------------------------------------------------------------------------
 
@@ -150,10 +216,10 @@ class FaceService:
             raise FacedbError(409, "gallery_protected", "the default gallery cannot be deleted")
         with self.db.write() as session:
             crud.delete_gallery(session, gallery=self._gallery(session, name))
-        self.indexes.catch_up()
+        self.serving.indexes.catch_up()
 
     def _gallery_public(self, session: Session, gallery: Gallery) -> schemas.GalleryPublic:
-        identities, faces = crud.gallery_counts(session, gallery_id=gallery.id, model_version_id=self.active.id)
+        identities, faces = crud.gallery_counts(session, gallery_id=gallery.id)
         return schemas.GalleryPublic(
             name=gallery.name, created_at=gallery.created_at, identity_count=identities, face_count=faces
         )
@@ -228,7 +294,7 @@ class FaceService:
     def delete_identity(self, gallery: str, identity_id: int) -> None:
         with self.db.write() as session:
             crud.delete_identity(session, identity=self._identity(session, gallery, identity_id))
-        self.indexes.catch_up()
+        self.serving.indexes.catch_up()
 
     def _identity(self, session: Session, gallery: str, identity_id: int) -> Identity:
         g = self._gallery(session, gallery)
@@ -243,15 +309,14 @@ class FaceService:
         with self.db.read() as session:
             identity = self._identity(session, gallery, identity_id)
             faces = crud.list_faces(session, identity_id=identity.id)
-            versions = {f.model_version_id for f in faces}
-            names = {v: session.get(ModelVersion, v) for v in versions}
+            with_crop = crud.crop_presence(session, face_ids=[f.id for f in faces])
         return schemas.FacesPublic(
             items=[
                 schemas.FacePublic(
                     id=f.id,
                     identity_id=f.identity_id,
                     image_sha256=f.image_sha256,
-                    model_version=_version_label(names[f.model_version_id]),
+                    reindexable=f.id in with_crop,
                     created_at=f.created_at,
                 )
                 for f in faces
@@ -263,14 +328,17 @@ class FaceService:
     ) -> schemas.EnrollPublic:
         """Add faces to an identity; each file is accepted or rejected on its own (partial success).
 
-        ``detect`` is accepted for API stability; until face detection lands the whole image is the face.
+        Each face is embedded by the active model and by every version a re-index is building, and its crop
+        is stored (unless ``FACEDB_STORE_CROPS=false``) so that later models can re-embed it. ``detect`` is
+        accepted for API stability; until face detection lands the whole image is the face.
         """
         del detect
         self._check_count(len(uploads))
+        serving, building = self.serving, dict(self._building)
         with self.db.read() as session:
             known = crud.identity_image_hashes(session, identity_id=self._identity(session, gallery, identity_id).id)
         rejected: list[schemas.RejectedFile] = []
-        images: list[np.ndarray] = []
+        crops: list[np.ndarray] = []
         kept: list[tuple[Upload, str]] = []
         for upload in uploads:
             digest = hashlib.sha256(upload.data).hexdigest()
@@ -278,7 +346,7 @@ class FaceService:
                 self._check_size(upload)
                 if digest in known:
                     raise FacedbError(409, "duplicate_image", "this identity already has a face from this image")
-                images.append(decode_image(upload.data, max_pixels=self.settings.max_pixels))
+                crops.append(self._crop(decode_image(upload.data, max_pixels=self.settings.max_pixels)))
             except (ImageError, FacedbError) as exc:
                 rejected.append(schemas.RejectedFile(filename=upload.filename, code=exc.code, message=exc.message))
                 continue
@@ -286,7 +354,10 @@ class FaceService:
             kept.append((upload, digest))
         accepted: list[schemas.AcceptedFace] = []
         if kept:
-            x = self._embed(images)
+            templates = {serving.model.id: self._embed(serving.embedder, crops)}
+            for mv_id, embedder in building.items():
+                templates[mv_id] = self._embed(embedder, crops)
+            stored = [self._stored_crop(c) for c in crops]
             try:
                 with self.db.write() as session:
                     # Re-read under the write lock: the identity may have been deleted meanwhile.
@@ -294,18 +365,19 @@ class FaceService:
                     faces = crud.add_faces(
                         session,
                         identity=identity,
-                        model_version_id=self.active.id,
-                        embeddings=x,
+                        templates=templates,
                         image_hashes=[d for _, d in kept],
+                        crops=stored,
                     )
             except IntegrityError as exc:  # the same image, enrolled by a concurrent request
                 raise FacedbError(
                     409, "duplicate_image", "this identity already has a face from one of these images"
                 ) from exc
             accepted = [
-                schemas.AcceptedFace(filename=u.filename, face_id=f.id) for (u, _), f in zip(kept, faces, strict=True)
+                schemas.AcceptedFace(filename=u.filename, face_id=f.id, reindexable=self.settings.store_crops)
+                for (u, _), f in zip(kept, faces, strict=True)
             ]
-            self.indexes.catch_up()
+            self.serving.indexes.catch_up()
         result = schemas.EnrollPublic(identity_id=identity_id, accepted=accepted, rejected=rejected)
         if not accepted:
             raise FacedbError(
@@ -323,7 +395,7 @@ class FaceService:
             if face is None:
                 raise not_found("face", face_id)
             crud.delete_face(session, face=face)
-        self.indexes.catch_up()
+        self.serving.indexes.catch_up()
 
     # --- identify and verify --------------------------------------------------------------------------
 
@@ -334,11 +406,12 @@ class FaceService:
         k = self.settings.default_top_k if top_k is None else top_k
         if not 1 <= k <= self.settings.max_top_k:
             raise FacedbError(422, "invalid_top_k", f"top_k must be between 1 and {self.settings.max_top_k}")
-        t = self._threshold(threshold)
+        serving = self.serving
+        t = self._threshold(serving, threshold)
         with self.db.read() as session:
             g = self._gallery(session, gallery)
-        q = self._embed([self._decode(upload)])
-        hits = self.indexes.search(g.id, q, k)[0]
+        q = self._embed(serving.embedder, [self._decode(upload)])
+        hits = serving.indexes.search(g.id, q, k)[0]
         with self.db.read() as session:
             refs = crud.identity_refs(session, identity_ids=[h.identity_id for h in hits])
         candidates = [
@@ -353,7 +426,7 @@ class FaceService:
         match = candidates[0] if candidates and candidates[0].score >= t else None
         return schemas.IdentifyPublic(
             gallery=gallery,
-            model_version=_version_label(self.active),
+            model_version=serving.model.label,
             threshold=t,
             candidates=candidates,
             match=match,
@@ -363,57 +436,65 @@ class FaceService:
         self, gallery: str, identity_id: int, upload: Upload, *, threshold: float | None = None
     ) -> schemas.VerifyPublic:
         """1:1: is the person in the image this identity? Score = best face's cosine similarity."""
-        t = self._threshold(threshold)
+        serving = self.serving
+        t = self._threshold(serving, threshold)
         with self.db.read() as session:
             identity = self._identity(session, gallery, identity_id)
-            templates = crud.identity_embeddings(session, identity_id=identity.id, model_version_id=self.active.id)
+            templates = crud.identity_embeddings(session, identity_id=identity.id, model_version_id=serving.model.id)
         if len(templates) == 0:
             raise FacedbError(409, "identity_has_no_faces", f"identity {identity_id} has no enrolled faces")
-        q = self._embed([self._decode(upload)])
+        q = self._embed(serving.embedder, [self._decode(upload)])
         score = float((templates @ q[0]).max())
-        return schemas.VerifyPublic(
-            model_version=_version_label(self.active), score=score, threshold=t, match=score >= t
-        )
+        return schemas.VerifyPublic(model_version=serving.model.label, score=score, threshold=t, match=score >= t)
 
     def verify_pair(self, a: Upload, b: Upload, *, threshold: float | None = None) -> schemas.VerifyPublic:
         """1:1 between two photos."""
-        t = self._threshold(threshold)
-        x = self._embed([self._decode(a), self._decode(b)])
+        serving = self.serving
+        t = self._threshold(serving, threshold)
+        x = self._embed(serving.embedder, [self._decode(a), self._decode(b)])
         score = float(x[0] @ x[1])
-        return schemas.VerifyPublic(
-            model_version=_version_label(self.active), score=score, threshold=t, match=score >= t
-        )
+        return schemas.VerifyPublic(model_version=serving.model.label, score=score, threshold=t, match=score >= t)
 
     # --- health ---------------------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """(ready, checks): model loaded, database reachable, index caught up."""
-        checks: dict[str, object] = {"model": self.model is not None}
+        checks: dict[str, object] = {"model": self._serving is not None}
         try:
-            lag = self.indexes.lag() if self._indexes is not None else None
+            lag = self.indexes.lag() if self._serving is not None else None
             checks["database"] = True
         except Exception as exc:  # any driver error means "not reachable"
             log.warning("readiness: database check failed: %s", exc)
             checks["database"] = False
             lag = None
         checks["index_lag"] = lag
-        checks["index_faces"] = self.indexes.stats().faces if self._indexes is not None else None
+        checks["index_faces"] = self.indexes.stats().faces if self._serving is not None else None
+        checks["model_version"] = self.active.label if self._serving is not None else None
         ready = bool(checks["model"]) and bool(checks["database"]) and lag == 0
         return ready, checks
 
     # --- helpers --------------------------------------------------------------------------------------
 
-    def _embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    def _embed(self, embedder: Embedder, images: Sequence[np.ndarray]) -> np.ndarray:
         if self._batcher is not None:
-            return self._batcher.embed(images)
-        return self.embedder.embed(images)
+            return self._batcher.embed(embedder.embed, images)
+        return embedder.embed(images)
 
     def _decode(self, upload: Upload) -> np.ndarray:
+        """The face crop of an uploaded probe image."""
         self._check_size(upload)
         try:
-            return decode_image(upload.data, max_pixels=self.settings.max_pixels)
+            return self._crop(decode_image(upload.data, max_pixels=self.settings.max_pixels))
         except ImageError as exc:
             raise FacedbError(422, exc.code, f"{upload.filename or 'image'}: {exc.message}") from exc
+
+    def _crop(self, image: np.ndarray) -> np.ndarray:
+        return face_crop(image, max_side=self.settings.crop_max_side)
+
+    def _stored_crop(self, crop: np.ndarray) -> tuple[bytes, int, int] | None:
+        if not self.settings.store_crops:
+            return None
+        return encode_crop(crop), int(crop.shape[1]), int(crop.shape[0])
 
     def _check_size(self, upload: Upload) -> None:
         if len(upload.data) > self.settings.max_upload_bytes:
@@ -433,29 +514,14 @@ class FaceService:
                 f"at most {self.settings.max_images_per_request} images per request",
             )
 
-    def _threshold(self, threshold: float | None) -> float:
+    def _threshold(self, serving: Serving, threshold: float | None) -> float:
         if threshold is not None:
             if not -1.0 <= threshold <= 1.0:
                 raise FacedbError(422, "invalid_threshold", "threshold must be between -1 and 1")
             return threshold
         if self.settings.threshold is not None:
             return self.settings.threshold
-        return self.active.default_threshold
-
-
-def _active(mv: ModelVersion) -> ActiveModel:
-    return ActiveModel(
-        id=mv.id,
-        name=mv.name,
-        version=mv.version,
-        checksum=mv.checksum,
-        dim=mv.embedding_dim,
-        default_threshold=mv.default_threshold,
-    )
-
-
-def _version_label(mv: ModelVersion | ActiveModel | None) -> str:
-    return "unknown" if mv is None else f"{mv.name}@{mv.version}"
+        return serving.model.default_threshold
 
 
 def _identity_public(identity: Identity, gallery: str, face_count: int) -> schemas.IdentityPublic:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -52,8 +52,12 @@ class IndexManager:
         dim: int,
         snapshot_dir: Path | None,
         backend: Literal["faiss", "numpy"] = "faiss",
+        backfill: Callable[[Sequence[int]], int] | None = None,
     ) -> None:
+        """``backfill(face_ids)`` computes and stores missing templates of this model version from the stored
+        crops (faces enrolled by a process that did not know this version yet); it returns how many it made."""
         self._db = db
+        self._backfill = backfill
         self._model_version_id = model_version_id
         self._model_checksum = model_checksum
         self._dim = dim
@@ -121,6 +125,7 @@ class IndexManager:
         return index, seq
 
     def _rebuild(self, gallery_id: int) -> GalleryIndex:
+        self._backfill_gallery(gallery_id)
         index = GalleryIndex(self._dim, backend=self._backend)
         with self._db.read() as session:
             for face_ids, identity_ids, x in crud.iter_gallery_embeddings(
@@ -130,12 +135,28 @@ class IndexManager:
         log.info("rebuilt the index of gallery %d from the database: %d faces", gallery_id, index.ntotal)
         return index
 
+    def _backfill_gallery(self, gallery_id: int) -> None:
+        if self._backfill is None:
+            return
+        after = 0
+        while True:
+            with self._db.read() as session:
+                rows = crud.faces_missing_templates(
+                    session, model_version_id=self._model_version_id, gallery_id=gallery_id, after=after, limit=1000
+                )
+            if not rows:
+                return
+            self._backfill([face_id for face_id, crop in rows if crop is not None])
+            after = rows[-1][0]
+
     def _verify_counts(self) -> None:
+        # Templates this version lacks (faces enrolled while another version was active) are made first;
+        # the count check below then rebuilds any gallery whose index does not hold them all.
+        for gallery_id in list(self._indexes):
+            self._backfill_gallery(gallery_id)
         with self._db.read() as session:
             for gallery_id, index in list(self._indexes.items()):
-                _, expected = crud.gallery_counts(
-                    session, gallery_id=gallery_id, model_version_id=self._model_version_id
-                )
+                expected = crud.count_templates(session, gallery_id=gallery_id, model_version_id=self._model_version_id)
                 if index.ntotal != expected:
                     log.warning(
                         "gallery %d index has %d faces but the database %d; rebuilding",
@@ -166,6 +187,10 @@ class IndexManager:
                 rows = crud.face_embeddings(session, face_ids=added, model_version_id=self._model_version_id)
             if not changes:
                 return applied
+            missing = set(added) - {int(f) for f in rows[0]}
+            if missing and self._backfill is not None and self._backfill(sorted(missing)):
+                with self._db.read() as session:
+                    rows = crud.face_embeddings(session, face_ids=added, model_version_id=self._model_version_id)
             self._apply(changes, rows)
             self._applied_seq = changes[-1].seq
             applied += len(changes)

@@ -7,8 +7,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from embedding import TorchEmbedder
 from index import set_search_threads
+from service import registry
 from service.batching import MicroBatcher
 from service.core import FaceService
 from service.db.engine import Database
@@ -19,11 +19,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
-    """The database, the embedder (behind a micro-batcher when serving) and the service over them."""
+    """The database, the embedding worker (when serving) and the service over them."""
 
     settings: Settings
     db: Database
-    embedder: TorchEmbedder
     batcher: MicroBatcher | None
     service: FaceService
 
@@ -32,7 +31,7 @@ class Runtime:
         last_snapshot = time.monotonic()
         while not stop.wait(self.settings.index_sync_interval_s):
             try:
-                self.service.indexes.catch_up()
+                self.service.sync()
                 if time.monotonic() - last_snapshot > self.settings.snapshot_interval_s:
                     self.service.indexes.save_snapshots()
                     last_snapshot = time.monotonic()
@@ -57,10 +56,9 @@ def build_runtime(settings: Settings, *, batching: bool = True) -> Runtime:
         torch.set_num_threads(settings.torch_threads)
     set_search_threads(settings.index_threads)
     db = Database(settings.resolved_database_url)
-    embedder = TorchEmbedder(settings.resolved_model_path, device=settings.device, batch_size=settings.embed_batch_size)
+    embedder = registry.open_embedder(settings.resolved_model_path, settings)
     batcher = (
         MicroBatcher(
-            embedder.embed,
             max_batch=settings.embed_batch_size,
             max_wait_s=settings.embed_batch_wait_ms / 1000,
             max_queue=settings.embed_queue_size,
@@ -76,4 +74,4 @@ def build_runtime(settings: Settings, *, batching: bool = True) -> Runtime:
             batcher.close()
         db.dispose()
         raise
-    return Runtime(settings=settings, db=db, embedder=embedder, batcher=batcher, service=service)
+    return Runtime(settings=settings, db=db, batcher=batcher, service=service)

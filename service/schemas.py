@@ -62,7 +62,7 @@ class FacePublic(BaseModel):
     id: int
     identity_id: int
     image_sha256: str
-    model_version: str
+    reindexable: bool = Field(description="Its crop is stored, so a new model can re-embed it.")
     created_at: datetime
 
 
@@ -73,6 +73,7 @@ class FacesPublic(BaseModel):
 class AcceptedFace(BaseModel):
     filename: str
     face_id: int
+    reindexable: bool = Field(description="false when crops are not kept (FACEDB_STORE_CROPS=false).")
 
 
 class RejectedFile(BaseModel):

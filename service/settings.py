@@ -32,6 +32,13 @@ class Settings(BaseSettings):
         default=None, ge=-1.0, le=1.0, description="Decision threshold; empty = the model card's default."
     )
 
+    store_crops: bool = Field(
+        default=True, description="Keep each enrolled face crop so that a new model can re-embed it."
+    )
+    crop_max_side: int = Field(default=256, ge=32, description="Longest side of a stored face crop, pixels.")
+    reindex_batch_size: int = Field(default=256, gt=0, description="Faces per re-index transaction.")
+    job_stale_s: float = Field(default=30.0, gt=0, description="A job without heartbeat this long is taken over.")
+
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Per image file.")
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="Whole HTTP request body.")
     max_pixels: int = Field(default=40_000_000, gt=0, description="Width x height of one decoded image.")

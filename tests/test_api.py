@@ -39,7 +39,15 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json()["checks"] == {"model": True, "database": True, "index_lag": 0, "index_faces": 0}
+    checks = r.json()["checks"]
+    assert checks == {
+        "model": True,
+        "database": True,
+        "index_lag": 0,
+        "index_faces": 0,
+        "model_version": checks["model_version"],
+    }
+    assert checks["model_version"].startswith("facedb-dev")
 
 
 def test_openapi_lists_the_api(client: TestClient) -> None:

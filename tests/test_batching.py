@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,11 +21,11 @@ def test_results_go_to_their_callers_and_batches_form() -> None:
         sizes.append(len(images))
         return np.stack([img.reshape(-1)[:2].astype(np.float32) for img in images])
 
-    batcher = MicroBatcher(fn, max_batch=16, max_wait_s=0.05, max_queue=1000)
+    batcher = MicroBatcher(max_batch=16, max_wait_s=0.05, max_queue=1000)
     try:
 
         def call(i: int) -> np.ndarray:
-            return batcher.embed([np.full((2, 2, 3), i, dtype=np.uint8), np.full((2, 2, 3), i + 1, dtype=np.uint8)])
+            return batcher.embed(fn, [np.full((2, 2, 3), i, dtype=np.uint8), np.full((2, 2, 3), i + 1, dtype=np.uint8)])
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             outs = list(pool.map(call, range(0, 80, 2)))
@@ -45,15 +45,15 @@ def test_full_queue_is_refused() -> None:
         release.wait(5)
         return np.zeros((len(images), 1), dtype=np.float32)
 
-    batcher = MicroBatcher(slow, max_batch=1, max_wait_s=0, max_queue=3)
+    batcher = MicroBatcher(max_batch=1, max_wait_s=0, max_queue=3)
     img = np.zeros((1, 1, 3), dtype=np.uint8)
     try:
-        first = batcher.submit([img])
+        first = batcher.submit(slow, [img])
         while batcher.queued:  # until the worker has taken it and blocks
             time.sleep(0.001)
-        queued = [batcher.submit([img]) for _ in range(3)]
+        queued = [batcher.submit(slow, [img]) for _ in range(3)]
         with pytest.raises(OverloadedError) as exc:
-            batcher.submit([img])
+            batcher.submit(slow, [img])
         assert (exc.value.status, exc.value.code) == (429, "overloaded")
     finally:
         release.set()
@@ -65,9 +65,33 @@ def test_errors_reach_the_caller() -> None:
     def broken(images: Sequence[np.ndarray]) -> np.ndarray:
         raise RuntimeError("boom")
 
-    batcher = MicroBatcher(broken, max_batch=4, max_wait_s=0, max_queue=10)
+    batcher = MicroBatcher(max_batch=4, max_wait_s=0, max_queue=10)
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            batcher.embed([np.zeros((1, 1, 3), dtype=np.uint8)])
+            batcher.embed(broken, [np.zeros((1, 1, 3), dtype=np.uint8)])
     finally:
         batcher.close()
+
+
+def test_batches_never_mix_models() -> None:
+    calls: list[tuple[str, int]] = []
+
+    def model(name: str) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+        def fn(images: Sequence[np.ndarray]) -> np.ndarray:
+            calls.append((name, len(images)))
+            return np.full((len(images), 1), ord(name), dtype=np.float32)
+
+        return fn
+
+    a, b = model("a"), model("b")
+    batcher = MicroBatcher(max_batch=64, max_wait_s=0.05, max_queue=1000)
+    img = np.zeros((1, 1, 3), dtype=np.uint8)
+    try:
+        futures = [batcher.submit(a if i % 2 else b, [img, img]) for i in range(20)]
+        outs = [f.result() for f in futures]
+    finally:
+        batcher.close()
+    for i, out in enumerate(outs):
+        assert out.ravel().tolist() == [ord("a" if i % 2 else "b")] * 2
+    assert sum(n for _, n in calls) == 40
+    assert len(calls) < 20, "same-model jobs were batched together"

@@ -38,7 +38,7 @@ def enroll_people(rt: Runtime, n: int, seed: int = 0) -> list[int]:
 
 
 def snapshot_files(settings: Settings) -> list[Path]:
-    return sorted(settings.resolved_index_dir.glob("gallery-*/*"))
+    return sorted(settings.resolved_index_dir.glob("*/gallery-*/*"))
 
 
 def test_snapshot_is_reused_and_caught_up(settings: Settings) -> None:

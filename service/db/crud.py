@@ -6,10 +6,26 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, or_, select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from service.db.models import Change, ChangeKind, Face, Gallery, Identity, ModelStatus, ModelVersion
+from service.db.models import (
+    Change,
+    ChangeKind,
+    Face,
+    FaceCrop,
+    Gallery,
+    Identity,
+    JobStatus,
+    ModelFile,
+    ModelStatus,
+    ModelVersion,
+    ReindexJob,
+    Template,
+    utcnow,
+)
 
 # Any constant works; it only has to be the same in every process that writes.
 _CHANGE_LOCK_KEY = 0x66616365
@@ -22,6 +38,7 @@ def record_change(
     gallery_id: int,
     identity_id: int | None = None,
     face_ids: Sequence[int | None] = (None,),
+    model_version_id: int | None = None,
 ) -> None:
     """Append change rows; call last in a write transaction.
 
@@ -55,15 +72,22 @@ def list_galleries(session: Session) -> list[Gallery]:
     return list(session.scalars(select(Gallery).order_by(Gallery.name)))
 
 
-def gallery_counts(session: Session, *, gallery_id: int, model_version_id: int) -> tuple[int, int]:
-    """(identities, faces of this model version) in a gallery."""
+def gallery_counts(session: Session, *, gallery_id: int) -> tuple[int, int]:
+    """(identities, faces) in a gallery."""
     identities = session.scalar(select(func.count()).select_from(Identity).where(Identity.gallery_id == gallery_id))
-    faces = session.scalar(
-        select(func.count())
-        .select_from(Face)
-        .where(Face.gallery_id == gallery_id, Face.model_version_id == model_version_id)
-    )
+    faces = session.scalar(select(func.count()).select_from(Face).where(Face.gallery_id == gallery_id))
     return int(identities or 0), int(faces or 0)
+
+
+def count_templates(session: Session, *, gallery_id: int, model_version_id: int) -> int:
+    """Faces of a gallery that have a template of this model version."""
+    n = session.scalar(
+        select(func.count())
+        .select_from(Template)
+        .join(Face, Face.id == Template.face_id)
+        .where(Face.gallery_id == gallery_id, Template.model_version_id == model_version_id)
+    )
+    return int(n or 0)
 
 
 def create_gallery(session: Session, *, name: str) -> Gallery:
@@ -149,32 +173,109 @@ def add_faces(
     session: Session,
     *,
     identity: Identity,
-    model_version_id: int,
-    embeddings: np.ndarray,
+    templates: dict[int, np.ndarray],
     image_hashes: Sequence[str],
+    crops: Sequence[tuple[bytes, int, int] | None],
 ) -> list[Face]:
-    """Insert one face per row of ``embeddings`` (float32 (N, D)) and log each addition."""
-    faces = [
-        Face(
-            identity_id=identity.id,
-            gallery_id=identity.gallery_id,
-            model_version_id=model_version_id,
-            embedding=np.ascontiguousarray(row, dtype="<f4").tobytes(),
-            embedding_dim=int(row.shape[0]),
-            image_sha256=digest,
-        )
-        for row, digest in zip(embeddings, image_hashes, strict=True)
-    ]
+    """Insert one face per image, with a template per model version (float32 (N, D) each), its crop
+    (PNG bytes, width, height; None when crops are not kept), and log each addition."""
+    faces = [Face(identity_id=identity.id, gallery_id=identity.gallery_id, image_sha256=h) for h in image_hashes]
     session.add_all(faces)
+    session.flush()
+    face_ids = [f.id for f in faces]
+    for model_version_id, x in templates.items():
+        insert_templates(session, model_version_id=model_version_id, face_ids=face_ids, embeddings=x)
+    session.add_all(
+        [
+            FaceCrop(face_id=f, data=c[0], width=c[1], height=c[2])
+            for f, c in zip(face_ids, crops, strict=True)
+            if c is not None
+        ]
+    )
     session.flush()
     record_change(
         session,
         kind=ChangeKind.FACE_ADDED,
         gallery_id=identity.gallery_id,
         identity_id=identity.id,
-        face_ids=[f.id for f in faces],
+        face_ids=face_ids,
     )
     return faces
+
+
+def insert_templates(
+    session: Session, *, model_version_id: int, face_ids: Sequence[int], embeddings: np.ndarray
+) -> None:
+    """Store templates (float32 (N, D)); a template that already exists is left as it is."""
+    if not face_ids:
+        return
+    rows = [
+        {
+            "face_id": int(f),
+            "model_version_id": model_version_id,
+            "embedding": np.ascontiguousarray(x, dtype="<f4").tobytes(),
+            "embedding_dim": int(x.shape[0]),
+            "created_at": utcnow(),
+        }
+        for f, x in zip(face_ids, embeddings, strict=True)
+    ]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        insert(Template).values(rows).on_conflict_do_nothing(index_elements=["face_id", "model_version_id"])
+    )
+
+
+def faces_missing_templates(
+    session: Session, *, model_version_id: int, after: int, limit: int, gallery_id: int | None = None
+) -> list[tuple[int, bytes | None]]:
+    """Up to ``limit`` (face id, crop PNG or None) with id > ``after`` that lack a template of the version."""
+    has_template = (
+        select(Template.face_id)
+        .where(Template.face_id == Face.id, Template.model_version_id == model_version_id)
+        .exists()
+    )
+    stmt = (
+        select(Face.id, FaceCrop.data)
+        .outerjoin(FaceCrop, FaceCrop.face_id == Face.id)
+        .where(Face.id > after, ~has_template)
+        .order_by(Face.id)
+        .limit(limit)
+    )
+    if gallery_id is not None:
+        stmt = stmt.where(Face.gallery_id == gallery_id)
+    return [(int(i), d) for i, d in session.execute(stmt)]
+
+
+def count_faces_missing_templates(session: Session, *, model_version_id: int, with_crop: bool | None = None) -> int:
+    """Faces without a template of the version; ``with_crop`` narrows to those that can / cannot be re-embedded."""
+    has_template = (
+        select(Template.face_id)
+        .where(Template.face_id == Face.id, Template.model_version_id == model_version_id)
+        .exists()
+    )
+    has_crop = select(FaceCrop.face_id).where(FaceCrop.face_id == Face.id).exists()
+    stmt = select(func.count()).select_from(Face).where(~has_template)
+    if with_crop is True:
+        stmt = stmt.where(has_crop)
+    elif with_crop is False:
+        stmt = stmt.where(~has_crop)
+    return int(session.scalar(stmt) or 0)
+
+
+def count_all_faces(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(Face)) or 0)
+
+
+def face_crop(session: Session, *, face_id: int) -> FaceCrop | None:
+    return session.get(FaceCrop, face_id)
+
+
+def crop_presence(session: Session, *, face_ids: Sequence[int]) -> set[int]:
+    """The ids among ``face_ids`` that have a stored crop."""
+    if not face_ids:
+        return set()
+    return set(session.scalars(select(FaceCrop.face_id).where(FaceCrop.face_id.in_(list(face_ids)))))
 
 
 def get_face(session: Session, *, identity_id: int, face_id: int) -> Face | None:
@@ -199,9 +300,9 @@ def delete_face(session: Session, *, face: Face) -> None:
 def identity_embeddings(session: Session, *, identity_id: int, model_version_id: int) -> np.ndarray:
     """float32 (N, D) templates of one identity made by one model version."""
     rows = session.execute(
-        select(Face.embedding, Face.embedding_dim).where(
-            Face.identity_id == identity_id, Face.model_version_id == model_version_id
-        )
+        select(Template.embedding, Template.embedding_dim)
+        .join(Face, Face.id == Template.face_id)
+        .where(Face.identity_id == identity_id, Template.model_version_id == model_version_id)
     ).all()
     return _stack(rows)
 
@@ -211,9 +312,9 @@ def face_embeddings(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(face_ids int64 (N,), identity_ids int64 (N,), embeddings float32 (N, D)) for the faces that exist."""
     rows = session.execute(
-        select(Face.id, Face.identity_id, Face.embedding, Face.embedding_dim).where(
-            Face.id.in_(list(face_ids)), Face.model_version_id == model_version_id
-        )
+        select(Face.id, Face.identity_id, Template.embedding, Template.embedding_dim)
+        .join(Template, Template.face_id == Face.id)
+        .where(Face.id.in_(list(face_ids)), Template.model_version_id == model_version_id)
     ).all()
     return _columns(rows)
 
@@ -225,8 +326,9 @@ def iter_gallery_embeddings(
     after = 0
     while True:
         rows = session.execute(
-            select(Face.id, Face.identity_id, Face.embedding, Face.embedding_dim)
-            .where(Face.gallery_id == gallery_id, Face.model_version_id == model_version_id, Face.id > after)
+            select(Face.id, Face.identity_id, Template.embedding, Template.embedding_dim)
+            .join(Template, Template.face_id == Face.id)
+            .where(Face.gallery_id == gallery_id, Template.model_version_id == model_version_id, Face.id > after)
             .order_by(Face.id)
             .limit(chunk)
         ).all()
@@ -239,6 +341,8 @@ def iter_gallery_embeddings(
 def _stack(rows: Sequence[Any]) -> np.ndarray:
     if not rows:
         return np.zeros((0, 0), dtype=np.float32)
+    if len({int(dim) for _, dim in rows}) != 1:
+        raise ValueError("templates of one model version must share one dimension")
     return np.stack([np.frombuffer(blob, dtype="<f4", count=dim) for blob, dim in rows]).astype(np.float32)
 
 
@@ -255,13 +359,35 @@ def get_model_version(session: Session, *, checksum: str) -> ModelVersion | None
     return session.scalar(select(ModelVersion).where(ModelVersion.checksum == checksum))
 
 
+def find_model_version(session: Session, *, key: str) -> ModelVersion | None:
+    """By numeric id, content version, checksum or checksum prefix (at least 8 hex digits)."""
+    if key.isdigit():
+        mv = session.get(ModelVersion, int(key))
+        if mv is not None:
+            return mv
+    matches = [ModelVersion.version == key]
+    if len(key) >= 8:
+        matches.append(ModelVersion.checksum.startswith(key))
+    rows = list(session.scalars(select(ModelVersion).where(or_(*matches))))
+    return rows[0] if len(rows) == 1 else None
+
+
+def list_model_versions(session: Session) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id)))
+
+
 def active_model_version(session: Session) -> ModelVersion | None:
     return session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE))
 
 
-def count_faces(session: Session, *, model_version_id: int) -> int:
+def building_model_versions(session: Session) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).where(ModelVersion.status == ModelStatus.BUILDING)))
+
+
+def count_templates_of(session: Session, *, model_version_id: int) -> int:
     return int(
-        session.scalar(select(func.count()).select_from(Face).where(Face.model_version_id == model_version_id)) or 0
+        session.scalar(select(func.count()).select_from(Template).where(Template.model_version_id == model_version_id))
+        or 0
     )
 
 
@@ -276,7 +402,10 @@ def create_model_version(
     thresholds: dict[str, Any],
     default_threshold: float,
     status: ModelStatus,
+    filename: str,
+    data: bytes,
 ) -> ModelVersion:
+    """Register a model version together with its file's bytes."""
     mv = ModelVersion(
         name=name,
         version=version,
@@ -286,7 +415,56 @@ def create_model_version(
         thresholds=thresholds,
         default_threshold=default_threshold,
         status=status,
+        filename=filename,
     )
     session.add(mv)
     session.flush()
+    session.add(ModelFile(model_version_id=mv.id, data=data))
+    session.flush()
     return mv
+
+
+def model_file(session: Session, *, model_version_id: int) -> bytes | None:
+    row = session.get(ModelFile, model_version_id)
+    return None if row is None else row.data
+
+
+def store_model_file(session: Session, *, model_version_id: int, data: bytes) -> None:
+    if session.get(ModelFile, model_version_id) is None:
+        session.add(ModelFile(model_version_id=model_version_id, data=data))
+        session.flush()
+
+
+def activate_model_version(session: Session, *, model_version: ModelVersion) -> None:
+    """Make ``model_version`` the only active one and log the switch; other active ones are retired."""
+    for other in session.scalars(
+        select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE, ModelVersion.id != model_version.id)
+    ):
+        other.status = ModelStatus.RETIRED
+    model_version.status = ModelStatus.ACTIVE
+    model_version.activated_at = utcnow()
+    session.flush()
+    record_change(session, kind=ChangeKind.MODEL_ACTIVATED, gallery_id=0, model_version_id=model_version.id)
+
+
+def delete_templates(session: Session, *, model_version_id: int) -> int:
+    result = session.execute(delete(Template).where(Template.model_version_id == model_version_id))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- re-index jobs -----------------------------------------------------------------------------------
+
+
+def get_job(session: Session, *, job_id: int) -> ReindexJob | None:
+    return session.get(ReindexJob, job_id)
+
+
+def running_job(session: Session, *, model_version_id: int | None = None) -> ReindexJob | None:
+    stmt = select(ReindexJob).where(ReindexJob.status == JobStatus.RUNNING)
+    if model_version_id is not None:
+        stmt = stmt.where(ReindexJob.model_version_id == model_version_id)
+    return session.scalar(stmt.order_by(ReindexJob.id.desc()).limit(1))
+
+
+def list_jobs(session: Session, *, limit: int = 20) -> list[ReindexJob]:
+    return list(session.scalars(select(ReindexJob).order_by(ReindexJob.id.desc()).limit(limit)))

@@ -56,6 +56,13 @@ class ChangeKind(enum.StrEnum):
     FACE_REMOVED = "face_removed"
     IDENTITY_REMOVED = "identity_removed"
     GALLERY_REMOVED = "gallery_removed"
+    MODEL_ACTIVATED = "model_activated"
+
+
+class JobStatus(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
 
 
 class Gallery(Base):
@@ -98,13 +105,24 @@ class ModelVersion(Base):
     status: Mapped[ModelStatus] = mapped_column(
         Enum(ModelStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
     )
+    # The file name it was registered from; its suffix tells the loader the format.
+    filename: Mapped[str] = mapped_column(String(256), default="model.pt")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelFile(Base):
+    """The model file's bytes, so that every process and machine can load any registered version."""
+
+    __tablename__ = "model_files"
+
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Face(Base):
     __tablename__ = "faces"
     __table_args__ = (
-        Index("ix_faces_gallery_model", "gallery_id", "model_version_id"),
         # One face per source image per identity; also serves lookups by identity.
         UniqueConstraint("identity_id", "image_sha256"),
     )
@@ -112,14 +130,57 @@ class Face(Base):
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id", ondelete="CASCADE"))
     # Denormalised from the identity so that an index rebuild is one range scan.
-    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"))
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
-    embedding: Mapped[bytes] = mapped_column(LargeBinary)
-    embedding_dim: Mapped[int] = mapped_column(Integer)
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), index=True)
     image_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     identity: Mapped[Identity] = relationship(back_populates="faces")
+
+
+class Template(Base):
+    """One face's embedding by one model version; search only ever compares templates of one version."""
+
+    __tablename__ = "templates"
+    __table_args__ = (Index("ix_templates_model_version_id_face_id", "model_version_id", "face_id"),)
+
+    face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    embedding_dim: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FaceCrop(Base):
+    """The face image every template was computed from, kept so that a new model can re-embed it."""
+
+    __tablename__ = "face_crops"
+
+    face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+
+
+class ReindexJob(Base):
+    """Progress of re-embedding every stored face with one model version; the work itself is resumable."""
+
+    __tablename__ = "reindex_jobs"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+    )
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    message: Mapped[str | None] = mapped_column(String(1024))
+    worker: Mapped[str | None] = mapped_column(String(256))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    switch_seconds: Mapped[float | None] = mapped_column(Float)
 
 
 class Change(Base):
@@ -134,4 +195,5 @@ class Change(Base):
     gallery_id: Mapped[int] = mapped_column(BigInteger, index=True)
     identity_id: Mapped[int | None] = mapped_column(BigInteger)
     face_id: Mapped[int | None] = mapped_column(BigInteger)
+    model_version_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
