@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import schemas
+from service.admin import AdminService
 from service.core import FaceService, Upload
 from service.errors import FacedbError
 from service.runtime import Runtime, build_runtime
@@ -28,12 +29,18 @@ def _service(request: Request) -> FaceService:
     return service
 
 
+def _admin(request: Request) -> AdminService:
+    admin: AdminService = request.app.state.runtime.admin
+    return admin
+
+
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
 ServiceDep = Annotated[FaceService, Depends(_service)]
+AdminDep = Annotated[AdminService, Depends(_admin)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ImageFile = Annotated[UploadFile, File(description="The probe photo.")]
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -196,6 +203,31 @@ def verify_pair(
     return service.verify_pair(_upload(image_a, settings), _upload(image_b, settings), threshold=threshold)
 
 
+admin = APIRouter(prefix="/v1/admin", tags=["admin"], responses=ERRORS)
+
+
+@admin.get("/models")
+def list_models(admin_service: AdminDep) -> schemas.ModelVersionsPublic:
+    """Registered model versions: active, building, retired, with their template counts."""
+    return admin_service.list_models()
+
+
+@admin.post("/reindex", status_code=202)
+def start_reindex(admin_service: AdminDep, body: schemas.ReindexCreate) -> schemas.JobPublic:
+    """Re-embed every stored face with another model, then switch to it; identify keeps working meanwhile.
+
+    Give `model_path` (a file on the server) to register a new model, or `model_version` to go back to a
+    registered one. Poll `GET /v1/admin/reindex/{job_id}` for progress.
+    """
+    return admin_service.start_reindex(body)
+
+
+@admin.get("/reindex/{job_id}")
+def get_reindex(admin_service: AdminDep, job_id: int) -> schemas.JobPublic:
+    """Progress of a re-index job: done/total, rate, ETA, errors, and the switch once complete."""
+    return admin_service.get_job(job_id)
+
+
 # --- errors ------------------------------------------------------------------------------------------
 
 
@@ -312,4 +344,5 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.include_router(health)
     app.include_router(v1)
+    app.include_router(admin)
     return app

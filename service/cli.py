@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,10 +17,13 @@ from tqdm import tqdm
 
 from embedding import ModelLoadError
 from service import schemas
+from service.admin import AdminService
 from service.core import DEFAULT_GALLERY, Upload
-from service.db import migrate
+from service.db import crud, migrate
 from service.db.engine import Database
+from service.db.models import ModelStatus, ModelVersion
 from service.errors import FacedbError
+from service.reindex import JobProgress
 from service.runtime import Runtime, build_runtime
 from service.settings import Settings
 
@@ -28,6 +32,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pnm", ".gif", ".bmp
 app = typer.Typer(help="facedb: face enrollment, identification and verification.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+models_app = typer.Typer(help="Model versions: list, activate (roll back), retire.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 GalleryOpt = Annotated[str, typer.Option("--gallery", "-g", help="Gallery name.")]
 
@@ -209,6 +215,104 @@ def verify(
         typer.echo(f"{verdict}: score {result.score:+.4f}, threshold {result.threshold:.4f}")
     if not result.match:
         raise typer.Exit(3)
+
+
+# --- model versions and re-indexing ------------------------------------------------------------------
+
+
+@contextmanager
+def _admin() -> Iterator[AdminService]:
+    settings = Settings()
+    with _clean_errors():
+        db = Database(settings.resolved_database_url)
+        migrate.check_schema(db.engine)
+    try:
+        with _clean_errors():
+            yield AdminService(db=db, settings=settings)
+    finally:
+        db.dispose()
+
+
+def _run_job(admin: AdminService, mv: ModelVersion, *, allow_missing: bool) -> None:
+    if mv.status == ModelStatus.ACTIVE:
+        typer.echo(f"{mv.name}@{mv.version} is already the active model; nothing to do")
+        return
+    reindexer = admin.reindexer
+    job_id = reindexer.start_job(mv.id)
+    typer.echo(f"re-index job {job_id}: re-embedding stored faces with {mv.name}@{mv.version}", err=True)
+    with tqdm(total=None, unit="face", desc="re-embedding", file=sys.stderr) as bar:
+
+        def show(p: JobProgress) -> None:
+            bar.total = p.total
+            bar.n = p.done + p.failed
+            bar.refresh()
+
+        started = time.monotonic()
+        result = reindexer.run(job_id, allow_missing=allow_missing, on_progress=show)
+    job = admin.get_job(job_id)
+    rate = f"{result.rate_per_s:.1f} faces/s" if result.rate_per_s else "nothing to re-embed"
+    switch = f"{job.switch_seconds * 1000:.0f} ms" if job.switch_seconds is not None else "-"
+    typer.echo(
+        f"{job.message}: {job.done}/{job.total} faces have templates, {job.failed} could not be re-embedded; "
+        f"{rate}; {time.monotonic() - started:.1f} s in all; switch transaction {switch}"
+    )
+
+
+@app.command()
+def reindex(
+    model: Annotated[Path, typer.Option("--model", help="The new model file.", exists=True, dir_okay=False)],
+    allow_missing: Annotated[
+        bool, typer.Option(help="Switch even if some faces have no stored crop (they leave search).")
+    ] = False,
+) -> None:
+    """Register a model, re-embed every stored face with it, then switch to it atomically.
+
+    Running servers keep answering with the current model until the switch. Safe to kill and run again:
+    it continues where it stopped.
+    """
+    with _admin() as admin:
+        mv = admin.reindexer.register(model)
+        _run_job(admin, mv, allow_missing=allow_missing)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered model versions, the active one first."""
+    with _admin() as admin:
+        items = admin.list_models().items
+    order = {"active": 0, "building": 1, "retired": 2}
+    for m in sorted(items, key=lambda m: (order.get(m.status, 3), -m.id)):
+        typer.echo(
+            f"{m.id:>3}  {m.status:<8}  {m.name}@{m.version}  dim {m.embedding_dim}  "
+            f"threshold {m.default_threshold:.4f}  templates {m.templates}  sha256 {m.checksum[:12]}"
+        )
+
+
+@models_app.command("activate")
+def models_activate(
+    version: Annotated[str, typer.Argument(help="Id, version or checksum prefix of a registered model.")],
+    allow_missing: Annotated[bool, typer.Option(help="Switch even if some faces cannot be re-embedded.")] = False,
+) -> None:
+    """Switch to a registered version (e.g. roll back), re-embedding only the faces it lacks."""
+    with _admin() as admin:
+        _run_job(admin, admin.reindexer.prepare(version), allow_missing=allow_missing)
+
+
+@models_app.command("retire")
+def models_retire(
+    version: Annotated[str, typer.Argument(help="Id, version or checksum prefix of a registered model.")],
+    purge: Annotated[bool, typer.Option(help="Also delete its templates (it can still be re-activated).")] = False,
+) -> None:
+    """Retire a version that is not active; its templates are kept for a quick rollback unless --purge."""
+    with _admin() as admin, admin.db.write() as session:
+        mv = crud.find_model_version(session, key=version)
+        if mv is None:
+            raise FacedbError(404, "model_version_not_found", f"no single model version matches {version!r}")
+        if mv.status == ModelStatus.ACTIVE:
+            raise FacedbError(409, "model_active", "the active model cannot be retired; activate another first")
+        mv.status = ModelStatus.RETIRED
+        removed = crud.delete_templates(session, model_version_id=mv.id) if purge else 0
+    typer.echo(f"retired {mv.name}@{mv.version}" + (f"; deleted {removed} templates" if purge else ""))
 
 
 def main() -> None:

@@ -111,6 +111,7 @@ class FaceService:
         """The database's active version; the configured model becomes it when nothing is enrolled yet."""
         conf = self.configured
         with self.db.write() as session:
+            crud.lock_changes(session)  # processes starting together register the model once
             active = crud.active_model_version(session)
             if active is not None and active.checksum == conf.checksum:
                 crud.store_model_file(session, model_version_id=active.id, data=self._configured_bytes())

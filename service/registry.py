@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,8 +79,9 @@ def load_version(session: Session, *, mv: ModelVersion, settings: Settings) -> E
         if data is None:
             raise FacedbError(409, "model_file_missing", f"model version {mv.version} has no stored file")
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(cache.suffix + f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, cache)
     embedder = open_embedder(cache, settings)
     embedder.load()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from index import set_search_threads
 from service import registry
+from service.admin import AdminService
 from service.batching import MicroBatcher
 from service.core import FaceService
 from service.db.engine import Database
@@ -25,6 +26,7 @@ class Runtime:
     db: Database
     batcher: MicroBatcher | None
     service: FaceService
+    admin: AdminService
 
     def sync_loop(self, stop: threading.Event) -> None:
         """Catch the index up with other processes' writes until ``stop``; snapshot it now and then."""
@@ -41,6 +43,7 @@ class Runtime:
     def close(self) -> None:
         """Snapshot the index, stop the embedder worker, close the database pool."""
         try:
+            self.admin.close()
             self.service.stop()
         finally:
             if self.batcher is not None:
@@ -74,4 +77,6 @@ def build_runtime(settings: Settings, *, batching: bool = True) -> Runtime:
             batcher.close()
         db.dispose()
         raise
-    return Runtime(settings=settings, db=db, batcher=batcher, service=service)
+    return Runtime(
+        settings=settings, db=db, batcher=batcher, service=service, admin=AdminService(db=db, settings=settings)
+    )

@@ -128,3 +128,50 @@ class ErrorBody(BaseModel):
 
 class ErrorPublic(BaseModel):
     error: ErrorBody
+
+
+class ModelVersionPublic(BaseModel):
+    id: int
+    name: str
+    version: str
+    checksum: str
+    status: str
+    embedding_dim: int
+    default_threshold: float
+    thresholds: dict[str, float]
+    templates: int = Field(description="Faces that have a template of this version.")
+    created_at: datetime
+    activated_at: datetime | None
+
+
+class ModelVersionsPublic(BaseModel):
+    items: list[ModelVersionPublic]
+
+
+class ReindexCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_path: str | None = Field(default=None, description="A model file on the server to register and switch to.")
+    model_version: str | None = Field(
+        default=None, description="A registered version (id, version or checksum prefix), e.g. to roll back."
+    )
+    allow_missing: bool = Field(
+        default=False, description="Switch even if some faces have no stored crop (they drop out of search)."
+    )
+
+
+class JobPublic(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    id: int
+    model_version: str
+    status: str
+    total: int
+    done: int
+    failed: int
+    rate_per_s: float | None
+    eta_s: float | None
+    errors: list[dict[str, Any]]
+    message: str | None
+    started_at: datetime
+    heartbeat_at: datetime
+    finished_at: datetime | None
+    switch_seconds: float | None

@@ -28,7 +28,7 @@ from service.db.models import (
 )
 
 # Any constant works; it only has to be the same in every process that writes.
-_CHANGE_LOCK_KEY = 0x66616365
+CHANGE_LOCK_KEY = 0x66616365
 
 
 def record_change(
@@ -45,10 +45,19 @@ def record_change(
     On PostgreSQL a transaction-scoped advisory lock makes sequence order equal commit order, so a reader
     that has seen sequence N can never later see a smaller one commit. SQLite writers are serialised anyway.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHANGE_LOCK_KEY})
+    lock_changes(session)
     session.add_all([Change(kind=kind, gallery_id=gallery_id, identity_id=identity_id, face_id=f) for f in face_ids])
     session.flush()
+
+
+def lock_changes(session: Session) -> None:
+    """Serialise with every other writer of the change log until this transaction ends.
+
+    PostgreSQL: a transaction-scoped advisory lock. SQLite: write transactions already hold the database's
+    write lock from their start (``BEGIN IMMEDIATE``).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHANGE_LOCK_KEY})
 
 
 def max_seq(session: Session) -> int:
