@@ -306,9 +306,9 @@ def fill_galleries(settings: Settings, sizes: Sequence[int], seed: int) -> dict[
                         crud.add_faces(
                             session,
                             identity=identity,
-                            model_version_id=active.id,
-                            embeddings=x[sel],
+                            templates={active.id: x[sel]},
                             image_hashes=[f"{n:016x}{int(j):048x}" for j in sel],
+                            crops=[None] * len(sel),
                         )
             print(f"  http: gallery {_gallery_name(n)} filled", file=sys.stderr, flush=True)
     finally:
