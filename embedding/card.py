@@ -20,6 +20,10 @@ class InputSpec(BaseModel):
     4. Scale to [0, 1] (divide by 255), then `(x - mean) / std`.
 
     The result is float32 (N, channels, height, width).
+
+    `face_template` names the aligned crop the model was trained on (`embedding.align.TEMPLATES`):
+    the service detects faces, aligns each to that template and then applies the steps above.
+    None (cards written before alignment existed) means AT&T-style head crops, i.e. "head_92x112".
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -30,6 +34,7 @@ class InputSpec(BaseModel):
     mean: float
     std: float = Field(gt=0)
     resize: Literal["stretch", "center_crop"] = "center_crop"
+    face_template: Literal["head_92x112", "arcface_112"] | None = None
 
 
 class ModelCard(BaseModel):
