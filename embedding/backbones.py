@@ -161,3 +161,288 @@ def compact_iresnet(
         embedding_dim=embedding_dim,
         dropout=dropout,
     )
+
+
+# ------------------------------------------------------------------------------ IResNet (arcface_torch)
+
+
+def _stride2_out(size: int, times: int) -> int:
+    """Spatial length after `times` 3x3, stride-2, padding-1 convolutions."""
+    for _ in range(times):
+        size = _conv_out(size)
+    return size
+
+
+class IBasicBlock(nn.Module):
+    """arcface_torch's IResNet block, same attribute names so its checkpoints load with strict=True.
+
+    bn1 -> conv1 (3x3) -> bn2 -> prelu -> conv2 (3x3, stride) -> bn3, plus `downsample(x)` (1x1 conv
+    + BN) or x. float32 (N, inplanes, H, W) -> (N, planes, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-05)
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes, eps=1e-05)
+        self.prelu = nn.PReLU(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes, eps=1e-05)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (N, inplanes, H, W) -> float32 (N, planes, H', W')."""
+        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        identity = self.downsample(x) if self.downsample is not None else x
+        result: torch.Tensor = out + identity
+        return result
+
+
+class IResNet(nn.Module):
+    """The ArcFace IResNet (Deng et al.; arcface_torch layout and parameter names).
+
+    conv1 (3x3, 64) -> bn1 -> prelu -> layer1..layer4 (IBasicBlock stages of 64, 128, 256, 512
+    channels, each starting with stride 2) -> bn2 -> flatten -> dropout -> fc -> features (BN1d).
+    Input float32 (N, in_channels, input_height, input_width), 3 x 112 x 112 for arcface_torch
+    checkpoints -> float32 (N, embedding_dim), not normalised.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        *,
+        in_channels: int = 3,
+        input_height: int = 112,
+        input_width: int = 112,
+        embedding_dim: int = 512,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if len(layers) != 4:
+            raise ValueError(f"IResNet needs 4 stage depths, got {list(layers)}")
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64, eps=1e-05)
+        self.prelu = nn.PReLU(64)
+        self.layer1 = self._make_layer(64, layers[0])
+        self.layer2 = self._make_layer(128, layers[1])
+        self.layer3 = self._make_layer(256, layers[2])
+        self.layer4 = self._make_layer(512, layers[3])
+        self.bn2 = nn.BatchNorm2d(512, eps=1e-05)
+        self.dropout = nn.Dropout(p=dropout)
+        spatial = _stride2_out(input_height, 4) * _stride2_out(input_width, 4)
+        self.fc = nn.Linear(512 * spatial, embedding_dim)
+        self.features = nn.BatchNorm1d(embedding_dim, eps=1e-05)
+        nn.init.constant_(self.features.weight, 1.0)
+        self.features.weight.requires_grad = False
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0, 0.1)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.constant_(module.weight, 1)
+                nn.init.constant_(module.bias, 0)
+
+    def _make_layer(self, planes: int, blocks: int) -> nn.Sequential:
+        """One stage: a stride-2 block with a 1x1 downsample shortcut, then `blocks - 1` stride-1 blocks."""
+        downsample = nn.Sequential(
+            nn.Conv2d(self.inplanes, planes, 1, 2, bias=False), nn.BatchNorm2d(planes, eps=1e-05)
+        )
+        layers: list[nn.Module] = [IBasicBlock(self.inplanes, planes, 2, downsample)]
+        self.inplanes = planes
+        layers.extend(IBasicBlock(planes, planes) for _ in range(1, blocks))
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (N, C, H, W) -> float32 (N, embedding_dim), not normalised."""
+        x = self.prelu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.dropout(torch.flatten(self.bn2(x), 1))
+        out: torch.Tensor = self.features(self.fc(x))
+        return out
+
+
+IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
+    "iresnet18": (2, 2, 2, 2),
+    "iresnet34": (3, 4, 6, 3),
+    "iresnet50": (3, 4, 14, 3),
+    "iresnet100": (3, 13, 30, 3),
+}
+"""Blocks per stage of each registered IResNet depth (as in arcface_torch)."""
+
+
+def _iresnet_factory(name: str) -> BackboneFactory:
+    """A registered constructor for the IResNet depth `name`."""
+    layers = IRESNET_LAYERS[name]
+
+    def factory(
+        *,
+        in_channels: int = 3,
+        input_height: int = 112,
+        input_width: int = 112,
+        embedding_dim: int = 512,
+        dropout: float = 0.0,
+    ) -> nn.Module:
+        return IResNet(
+            layers,
+            in_channels=in_channels,
+            input_height=input_height,
+            input_width=input_width,
+            embedding_dim=embedding_dim,
+            dropout=dropout,
+        )
+
+    factory.__name__ = name
+    factory.__doc__ = f"`IResNet` with stage depths {list(layers)} (arcface_torch {name}); 112x112 RGB -> 512-d."
+    return factory
+
+
+for _name in IRESNET_LAYERS:
+    register(_name)(_iresnet_factory(_name))
+
+
+# -------------------------------------------------------------------------------------- MobileFaceNet
+
+
+class _ConvBN(nn.Sequential):
+    """Conv2d (no bias) -> BatchNorm2d -> optional PReLU; `groups=in_ch` makes it depthwise."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int | tuple[int, int],
+        stride: int,
+        padding: int,
+        *,
+        groups: int = 1,
+        act: bool = True,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_ch, out_ch, kernel, stride, padding, groups=groups, bias=False),
+            nn.BatchNorm2d(out_ch),
+        ]
+        if act:
+            layers.append(nn.PReLU(out_ch))
+        super().__init__(*layers)
+
+
+class _Bottleneck(nn.Module):
+    """MobileNetV2 inverted residual: 1x1 expand (PReLU) -> 3x3 depthwise (PReLU) -> 1x1 linear project."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        hidden = in_ch * expansion
+        self.residual = stride == 1 and in_ch == out_ch
+        self.body = nn.Sequential(
+            _ConvBN(in_ch, hidden, 1, 1, 0),
+            _ConvBN(hidden, hidden, 3, stride, 1, groups=hidden),
+            _ConvBN(hidden, out_ch, 1, 1, 0, act=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (N, in_ch, H, W) -> float32 (N, out_ch, H', W')."""
+        out: torch.Tensor = self.body(x)
+        return out + x if self.residual else out
+
+
+MOBILEFACENET_SETTING: tuple[tuple[int, int, int, int], ...] = (
+    (2, 64, 5, 2),
+    (4, 128, 1, 2),
+    (2, 128, 6, 1),
+    (4, 128, 1, 2),
+    (2, 128, 2, 1),
+)
+"""(expansion t, channels c, repeats n, first stride s) of MobileFaceNet's bottleneck stages."""
+
+
+class MobileFaceNet(nn.Module):
+    """MobileFaceNet (Chen et al., 2018): ~1 M parameters, ~0.23 GFLOPs at 112x112, for CPU serving.
+
+    conv 3x3/2 (64) -> depthwise 3x3 (64) -> bottlenecks (`MOBILEFACENET_SETTING`) -> conv 1x1 (512)
+    -> global depthwise conv over the whole 7x7 map (GDConv, linear) -> conv 1x1 to embedding_dim
+    (linear) -> BN. float32 (N, in_channels, H, W) -> float32 (N, embedding_dim), not normalised.
+    """
+
+    def __init__(
+        self, *, in_channels: int = 3, input_height: int = 112, input_width: int = 112, embedding_dim: int = 128
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_ConvBN(in_channels, 64, 3, 2, 1), _ConvBN(64, 64, 3, 1, 1, groups=64)]
+        in_ch, strides = 64, 1
+        for expansion, channels, repeats, stride in MOBILEFACENET_SETTING:
+            for index in range(repeats):
+                layers.append(_Bottleneck(in_ch, channels, stride if index == 0 else 1, expansion))
+                in_ch = channels
+            strides += stride == 2
+        layers.append(_ConvBN(in_ch, 512, 1, 1, 0))
+        self.features = nn.Sequential(*layers)
+        kernel = (_stride2_out(input_height, strides), _stride2_out(input_width, strides))
+        self.output = nn.Sequential(
+            _ConvBN(512, 512, kernel, 1, 0, groups=512, act=False),
+            nn.Conv2d(512, embedding_dim, 1, bias=False),
+            nn.Flatten(),
+            nn.BatchNorm1d(embedding_dim),
+        )
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (N, C, H, W) -> float32 (N, embedding_dim), not normalised."""
+        out: torch.Tensor = self.output(self.features(x))
+        return out
+
+
+@register("mobilefacenet")
+def mobilefacenet(
+    *, in_channels: int = 3, input_height: int = 112, input_width: int = 112, embedding_dim: int = 128
+) -> nn.Module:
+    """`MobileFaceNet`; input_height/input_width must match the model card's `InputSpec`."""
+    return MobileFaceNet(
+        in_channels=in_channels, input_height=input_height, input_width=input_width, embedding_dim=embedding_dim
+    )
+
+
+# ------------------------------------------------------------------------------- Siamese baseline
+
+
+class SiameseNet(nn.Module):
+    """The Siamese-network articles' AT&T baseline (the PyTorch "one-shot learning" tutorial network).
+
+    Three blocks of ReflectionPad(1) -> Conv 3x3 -> ReLU -> BatchNorm with 4, 8, 8 channels at full
+    resolution, then Linear(8 * H * W, 500) -> ReLU -> Linear(500, 500) -> ReLU -> Linear(500, 5).
+    float32 (N, 1, 100, 100) grey -> float32 (N, embedding_dim = 5), compared by Euclidean distance.
+    """
+
+    def __init__(
+        self, *, in_channels: int = 1, input_height: int = 100, input_width: int = 100, embedding_dim: int = 5
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for in_ch, out_ch in ((in_channels, 4), (4, 8), (8, 8)):
+            layers += [nn.ReflectionPad2d(1), nn.Conv2d(in_ch, out_ch, 3), nn.ReLU(), nn.BatchNorm2d(out_ch)]
+        self.cnn = nn.Sequential(*layers)
+        self.fc = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(8 * input_height * input_width, 500),
+            nn.ReLU(),
+            nn.Linear(500, 500),
+            nn.ReLU(),
+            nn.Linear(500, embedding_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (N, C, H, W) -> float32 (N, embedding_dim)."""
+        out: torch.Tensor = self.fc(self.cnn(x))
+        return out
+
+
+@register("siamese_att")
+def siamese_att(
+    *, in_channels: int = 1, input_height: int = 100, input_width: int = 100, embedding_dim: int = 5
+) -> nn.Module:
+    """`SiameseNet`, the historical baseline (100x100 grey in, 5-d out)."""
+    return SiameseNet(
+        in_channels=in_channels, input_height=input_height, input_width=input_width, embedding_dim=embedding_dim
+    )

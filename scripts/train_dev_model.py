@@ -1,5 +1,10 @@
 """Train the interim development face embedder and ship it as `embedding/models/default.pt`.
 
+This is the script that made the shipped default model (see MODEL_CARD.md). Its data framing, decode
+cache and augmentation now live in `embedding/data.py`, and its optimiser helpers in
+`embedding/training.py`, shared with `facedb train` (the general training command); this script keeps
+the default model's specific evaluation, threshold choice and MODEL_CARD.md rendering.
+
 A compact IResNet with a CosFace head (s=30, m=0.35) on Extended Yale B (all 38 identities) and the
 LFW identities that are absent from folds 7-9 of `lfw/pairs.txt` (with >= 2 images). Evaluation
 (LFW folds 7-9 verification, AT&T identification, threshold calibration) runs through the shipped
@@ -18,7 +23,6 @@ The data root defaults to $FACEDB_DATA_ROOT, else `../shared/data` next to the r
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -41,6 +45,18 @@ from tqdm import tqdm
 from embedding.backbones import build_backbone
 from embedding.card import InputSpec, ModelCard
 from embedding.checkpoint import load_checkpoint, save_checkpoint
+from embedding.data import (
+    LFW_FACE_BOX,
+    YALEB_SIZE,
+    Pair,
+    augment,
+    frame_lfw,
+    frame_yaleb,
+    prepare_inputs,
+    read_pairs,
+    read_rgb,
+)
+from embedding.data import frame_none as same_image
 from embedding.embedder import TorchEmbedder, default_model_path
 from embedding.evaluation import (
     cross_scores,
@@ -51,23 +67,9 @@ from embedding.evaluation import (
     threshold_at_far,
 )
 from embedding.heads import CosFaceHead
-from embedding.image import decode_image
-from embedding.preprocess import to_model_input
+from embedding.training import lr_at, param_groups
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
-MAX_PIXELS: Final = 4096 * 4096
-
-# Dataset-specific framing, standing in for the face detector that serving does not have yet:
-# every training/evaluation image is brought to the framing of the AT&T faces (whole head, eyes at
-# ~47% of the height, eye-to-mouth ~31% of the height, width/height ~0.82).
-LFW_FACE_BOX: Final = (65, 42, 185, 188)
-"""(left, top, right, bottom) crop of the 250x250 deep-funneled LFW images (120x146 px)."""
-YALEB_SIZE: Final = (168, 192)
-"""(width, height) of the cropped Extended Yale B images; the 640x480 ambient shots are skipped."""
-YALEB_FRAME: Final = (184, 224, 0.68, 35, 73)
-"""Yale B faces are cropped tighter than AT&T: (frame width, frame height, scale, left, top) —
-resize by `scale` and place at (left, top) in a frame of AT&T proportions filled with the mean
-of the face crop's border pixels."""
 FARS: Final = (("1e-1", 1e-1), ("1e-2", 1e-2), ("1e-3", 1e-3))
 HELD_OUT_FOLDS: Final = (7, 8, 9)
 
@@ -81,71 +83,20 @@ def default_data_root() -> Path:
 # --------------------------------------------------------------------------------------------- data
 
 
-@dataclass(frozen=True)
-class Pair:
-    """One LFW pair: two image paths, same person or not, and its fold (1-based)."""
-
-    a: Path
-    b: Path
-    same: bool
-    fold: int
-
-
-def read_pairs(lfw_root: Path) -> list[Pair]:
-    """Parse View 2 `pairs.txt`: header `n_folds n`, then per fold n same and n different lines."""
-    lines = (lfw_root / "pairs.txt").read_text().split("\n")
-    n_folds, per_fold = (int(v) for v in lines[0].split())
-    rows = [line.split() for line in lines[1:] if line.strip()]
-    if len(rows) != n_folds * 2 * per_fold:
-        raise ValueError(f"pairs.txt: expected {n_folds * 2 * per_fold} pairs, found {len(rows)}")
-
-    def image(name: str, number: str) -> Path:
-        return lfw_root / "images" / name / f"{name}_{int(number):04d}.jpg"
-
-    pairs = []
-    for index, row in enumerate(rows):
-        fold = index // (2 * per_fold) + 1
-        if len(row) == 3:
-            pairs.append(Pair(image(row[0], row[1]), image(row[0], row[2]), True, fold))
-        else:
-            pairs.append(Pair(image(row[0], row[1]), image(row[2], row[3]), False, fold))
-    return pairs
+def prepare(
+    items: Sequence[tuple[Path, Callable[[np.ndarray], np.ndarray]]],
+    spec: InputSpec,
+    cache_dir: Path | None,
+    desc: str,
+) -> np.ndarray:
+    """Decode, frame and `to_model_input` every image once -> float32 (N, C, H, W), cached under /tmp."""
+    names: dict[Callable[[np.ndarray], np.ndarray], str] = {frame_lfw: "lfw", frame_yaleb: "yaleb", same_image: "none"}
+    return prepare_inputs([p for p, _ in items], [names[f] for _, f in items], spec, cache_dir=cache_dir, desc=desc)
 
 
 def identity_of(path: Path) -> str:
     """Identity folder name of an image path."""
     return path.parent.name
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """Decode a file with the service's decoder: uint8 (H, W, 3) RGB."""
-    return decode_image(path.read_bytes(), max_pixels=MAX_PIXELS)
-
-
-def frame_lfw(rgb: np.ndarray) -> np.ndarray:
-    """uint8 (250, 250, 3) deep-funneled LFW image -> uint8 (146, 120, 3) AT&T-like face crop."""
-    left, top, right, bottom = LFW_FACE_BOX
-    return np.ascontiguousarray(rgb[top:bottom, left:right])
-
-
-def frame_yaleb(rgb: np.ndarray) -> np.ndarray:
-    """uint8 (192, 168, 3) tight Yale B face -> uint8 (224, 184, 3) AT&T-like frame (constant padding)."""
-    frame_w, frame_h, scale, left, top = YALEB_FRAME
-    face = np.asarray(
-        Image.fromarray(rgb).resize(
-            (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), Image.Resampling.BILINEAR
-        )
-    )
-    border = np.concatenate([face[0], face[-1], face[:, 0], face[:, -1]]).mean(axis=0)
-    frame = np.empty((frame_h, frame_w, 3), dtype=np.uint8)
-    frame[:] = np.rint(border).astype(np.uint8)
-    frame[top : top + face.shape[0], left : left + face.shape[1]] = face
-    return frame
-
-
-def same_image(rgb: np.ndarray) -> np.ndarray:
-    """Identity framing (already face crops, e.g. AT&T)."""
-    return rgb
 
 
 @dataclass
@@ -175,26 +126,6 @@ def list_training_images(data_root: Path, held_out: set[str]) -> tuple[list[tupl
     return items, skipped_single
 
 
-def prepare(
-    items: Sequence[tuple[Path, Callable[[np.ndarray], np.ndarray]]],
-    spec: InputSpec,
-    cache_dir: Path | None,
-    desc: str,
-) -> np.ndarray:
-    """Decode, frame and `to_model_input` every image once -> float32 (N, C, H, W), cached under /tmp."""
-    key_src = json.dumps([spec.model_dump(mode="json"), LFW_FACE_BOX, YALEB_FRAME, [str(p) for p, _ in items]]).encode()
-    cache = cache_dir / f"{desc}-{hashlib.sha256(key_src).hexdigest()[:16]}.npy" if cache_dir else None
-    if cache is not None and cache.exists():
-        return np.asarray(np.load(cache), dtype=np.float32)
-    out = np.empty((len(items), spec.channels, spec.height, spec.width), dtype=np.float32)
-    for index, (path, framing) in enumerate(tqdm(items, desc=f"decode {desc}", leave=False)):
-        out[index] = to_model_input([framing(read_rgb(path))], spec)[0]
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, out)
-    return out
-
-
 def load_train_set(
     data_root: Path, held_out: set[str], spec: InputSpec, cache_dir: Path | None
 ) -> tuple[TrainSet, list[str]]:
@@ -217,57 +148,6 @@ def load_train_set(
         names = {n for _, n, d in kept if d == dataset}
         sources[dataset] = {"identities": len(names), "images": sum(1 for *_, d in kept if d == dataset)}
     return TrainSet(torch.from_numpy(inputs), labels, class_names, sources), skipped_single
-
-
-# ------------------------------------------------------------------------------------- augmentation
-
-
-def augment(x: torch.Tensor, spec: InputSpec, gen: torch.Generator) -> torch.Tensor:
-    """Random flip, scale/rotate/translate, low-res blur, gamma/contrast/brightness, greyscale.
-
-    float32 (N, C, H, W) normalised model input -> same shape; works in the normalised space.
-    """
-    n, channels, height, width = x.shape
-
-    def uniform(low: float, high: float, size: int = n) -> torch.Tensor:
-        return low + (high - low) * torch.rand(size, generator=gen)
-
-    # Geometry: output->input sampling matrix in pixel-isotropic form, converted to normalised coords.
-    scale = torch.exp(uniform(math.log(0.9), math.log(1.1)))
-    angle = uniform(-10.0, 10.0) * math.pi / 180.0
-    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    aspect = height / width
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = cos * flip
-    theta[:, 0, 1] = -sin * aspect
-    theta[:, 1, 0] = sin * flip / aspect
-    theta[:, 1, 1] = cos
-    theta[:, 0, 2] = uniform(-0.12, 0.12)
-    theta[:, 1, 2] = uniform(-0.12, 0.12)
-    grid = F.affine_grid(theta, [n, channels, height, width], align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-    # Low resolution / blur for a random 20% of the batch.
-    blurred = torch.rand(n, generator=gen) < 0.2
-    if bool(blurred.any()):
-        factor = float(uniform(0.4, 0.8, 1))
-        small = F.interpolate(x[blurred], scale_factor=factor, mode="bilinear", antialias=True)
-        x[blurred] = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
-
-    # Photometric, in [0, 1] pixel units.
-    pixels = (x * spec.std + spec.mean).clamp(0.0, 1.0)
-    if channels == 3:
-        grey = torch.rand(n, generator=gen) < 0.2
-        luma = (pixels * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        pixels = torch.where(grey.view(n, 1, 1, 1), luma.expand_as(pixels), pixels)
-    gamma = torch.exp(uniform(-0.4, 0.4)).view(n, 1, 1, 1)
-    pixels = pixels.clamp_min(1e-6) ** gamma
-    contrast = uniform(0.6, 1.4).view(n, 1, 1, 1)
-    brightness = uniform(-0.15, 0.15).view(n, 1, 1, 1)
-    mean = pixels.mean(dim=(1, 2, 3), keepdim=True)
-    pixels = ((pixels - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
-    return (pixels - spec.mean) / spec.std
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -383,24 +263,6 @@ def evaluate_with_embedder(embedder: TorchEmbedder, data_root: Path, pairs: Sequ
 # ----------------------------------------------------------------------------------------- training
 
 
-def param_groups(modules: Sequence[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear/head weights only (not on BN, PReLU or biases)."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for module in modules:
-        for param in module.parameters():
-            (decay if param.ndim > 1 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up then cosine decay to zero."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * peak * (1.0 + math.cos(math.pi * progress))
-
-
 def choose_default(per_far: dict[str, dict[str, float]], min_identified: float = 0.8) -> tuple[str, str]:
     """The strictest FAR whose threshold still lets >= `min_identified` of AT&T probes be identified.
 
@@ -480,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shipped, shipped_card = load_checkpoint(args.out)
         held = {
             identity_of(p)
-            for pair in read_pairs(data_root / "lfw")
+            for pair in read_pairs(data_root / "lfw" / "pairs.txt")
             if pair.fold in HELD_OUT_FOLDS
             for p in (pair.a, pair.b)
         }
@@ -493,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = InputSpec(
         height=args.height, width=args.width, channels=args.channels, mean=0.5, std=0.5, resize="center_crop"
     )
-    pairs = read_pairs(data_root / "lfw")
+    pairs = read_pairs(data_root / "lfw" / "pairs.txt")
     held_out = {identity_of(p) for pair in pairs if pair.fold in HELD_OUT_FOLDS for p in (pair.a, pair.b)}
     train, skipped_single = load_train_set(data_root, held_out, spec, args.cache_dir)
     if args.max_train_images:

@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -143,15 +143,29 @@ def enroll_faces(
     gallery: str,
     identity_id: int,
     image: Annotated[list[UploadFile], File(description="One or more face photos.")],
-    detect: Annotated[bool, Form(description="false for pre-cropped faces.")] = True,
+    detect: Annotated[bool, Form(description="false for pre-cropped faces: the whole image is the face.")] = True,
+    multiple_faces: Annotated[
+        Literal["reject", "largest"] | None,
+        Form(description="Photos with several faces: reject them (default), or enrol the largest face."),
+    ] = None,
+    allow_conflict: Annotated[bool, Form(description="Enrol even if the face matches another identity.")] = False,
 ) -> schemas.EnrollPublic:
-    """Enrol faces. Partial success: each file is accepted with its face id or rejected with a code.
+    """Enrol faces. Partial success: each file is accepted with its face id or rejected with a code
+    (`no_face`, `multiple_faces`, `face_too_small`, `too_blurry`, `too_dark`, `overexposed`, `extreme_pose`,
+    `low_confidence`, `identity_conflict`, `duplicate_image`, or an image error).
 
     If no file is accepted the answer is 422 `no_face_enrolled` with every rejection in `details`.
     """
     if len(image) > settings.max_images_per_request:
         raise FacedbError(413, "too_many_images", f"at most {settings.max_images_per_request} images per request")
-    return service.enroll(gallery, identity_id, [_upload(f, settings) for f in image], detect=detect)
+    return service.enroll(
+        gallery,
+        identity_id,
+        [_upload(f, settings) for f in image],
+        detect=detect,
+        multiple_faces=multiple_faces,
+        allow_conflict=allow_conflict,
+    )
 
 
 @v1.delete("/galleries/{gallery}/identities/{identity_id}/faces/{face_id}", status_code=204, tags=["faces"])
@@ -167,11 +181,14 @@ def identify(
     image: ImageFile,
     top_k: Annotated[int | None, Form(description="How many distinct identities to return.")] = None,
     threshold: Annotated[float | None, Form(description="Decision threshold; default from the model.")] = None,
-    detect: Annotated[bool, Form(description="false for pre-cropped faces.")] = True,
+    detect: Annotated[bool, Form(description="false for pre-cropped faces: the whole image is the face.")] = True,
+    max_faces: Annotated[int | None, Form(description="At most this many faces, largest first.")] = None,
 ) -> schemas.IdentifyPublic:
-    """1:N: who is this? Candidates are distinct identities, best first; `match` is the decision."""
-    del detect
-    return service.identify(gallery, _upload(image, settings), top_k=top_k, threshold=threshold)
+    """1:N: who is this? One result per detected face, largest first; the top-level `candidates` and
+    `match` are the largest face's (candidates are distinct identities, best first)."""
+    return service.identify(
+        gallery, _upload(image, settings), top_k=top_k, threshold=threshold, detect=detect, max_faces=max_faces
+    )
 
 
 @v1.post("/galleries/{gallery}/verify", tags=["search"])
@@ -184,9 +201,8 @@ def verify_identity(
     threshold: Annotated[float | None, Form()] = None,
     detect: Annotated[bool, Form()] = True,
 ) -> schemas.VerifyPublic:
-    """1:1: is this person the claimed identity?"""
-    del detect
-    return service.verify_identity(gallery, identity_id, _upload(image, settings), threshold=threshold)
+    """1:1: is this person the claimed identity? With several faces, the largest is compared."""
+    return service.verify_identity(gallery, identity_id, _upload(image, settings), threshold=threshold, detect=detect)
 
 
 @v1.post("/verify", tags=["search"])
@@ -198,9 +214,10 @@ def verify_pair(
     threshold: Annotated[float | None, Form()] = None,
     detect: Annotated[bool, Form()] = True,
 ) -> schemas.VerifyPublic:
-    """1:1: are the people in two photos the same person?"""
-    del detect
-    return service.verify_pair(_upload(image_a, settings), _upload(image_b, settings), threshold=threshold)
+    """1:1: are the people in two photos the same person? The largest face of each is compared."""
+    return service.verify_pair(
+        _upload(image_a, settings), _upload(image_b, settings), threshold=threshold, detect=detect
+    )
 
 
 admin = APIRouter(prefix="/v1/admin", tags=["admin"], responses=ERRORS)

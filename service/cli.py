@@ -15,7 +15,8 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from embedding import ModelLoadError
+from embedding import ImageError, ModelLoadError
+from embedding.cli import register as register_embedding_commands
 from service import schemas
 from service.admin import AdminService
 from service.core import DEFAULT_GALLERY, Upload
@@ -140,8 +141,12 @@ def enroll(
     directory: Annotated[Path, typer.Argument(help="One sub-folder of images per identity.", file_okay=False)],
     gallery: GalleryOpt = DEFAULT_GALLERY,
     create_gallery: Annotated[bool, typer.Option(help="Create the gallery if it does not exist.")] = True,
+    detect: Annotated[bool, typer.Option(help="Detect and align faces; --no-detect for pre-cropped faces.")] = True,
+    allow_conflict: Annotated[bool, typer.Option(help="Enrol faces that match another identity.")] = False,
 ) -> None:
-    """Enrol a folder: each sub-folder is one identity (its name is the external_id), each image one face."""
+    """Enrol a folder: each sub-folder is one identity (its name is the external_id), each image one face.
+
+    Photos that fail the quality gates are reported with their reason and skipped."""
     if not directory.is_dir():
         raise _fail(f"{directory} is not a directory", 2)
     people = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -163,7 +168,13 @@ def enroll(
                 for i in range(0, len(files), chunk):
                     batch = files[i : i + chunk]
                     try:
-                        result = service.enroll(gallery, identity.id, [_read(f) for f in batch])
+                        result = service.enroll(
+                            gallery,
+                            identity.id,
+                            [_read(f) for f in batch],
+                            detect=detect,
+                            allow_conflict=allow_conflict,
+                        )
                         rejected = result.rejected
                         accepted += len(result.accepted)
                     except FacedbError as exc:
@@ -184,18 +195,28 @@ def identify(
     gallery: GalleryOpt = DEFAULT_GALLERY,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", help="Candidates to show.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Decision threshold; default from the model.")] = None,
+    detect: Annotated[bool, typer.Option(help="Detect faces; --no-detect for a pre-cropped face.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
 ) -> None:
-    """Who is this? Prints the candidates, best first, and the decision."""
+    """Who is this? For each face (largest first): the candidates, best first, and the decision."""
     with _runtime() as rt:
-        result = rt.service.identify(gallery, _read(image), top_k=top_k, threshold=threshold)
+        result = rt.service.identify(gallery, _read(image), top_k=top_k, threshold=threshold, detect=detect)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
         return
-    for rank, c in enumerate(result.candidates, 1):
-        typer.echo(f"{rank:>3}  {c.score:+.4f}  {c.identity.external_id}  (identity {c.identity.id}, face {c.face_id})")
-    decision = f"match: {result.match.identity.external_id}" if result.match else "no match"
-    typer.echo(f"{decision} (threshold {result.threshold:.4f}, {result.model_version})")
+    if not result.faces:
+        typer.echo(f"no face found (model {result.model_version})")
+        return
+    for n, face in enumerate(result.faces, 1):
+        if face.face is not None:
+            x0, y0, x1, y1 = face.face.box
+            typer.echo(f"face {n}: box ({x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f})")
+        for rank, c in enumerate(face.candidates, 1):
+            typer.echo(
+                f"{rank:>3}  {c.score:+.4f}  {c.identity.external_id}  (identity {c.identity.id}, face {c.face_id})"
+            )
+        decision = f"match: {face.match.identity.external_id}" if face.match else "no match"
+        typer.echo(f"{decision} (threshold {result.threshold:.4f}, {result.model_version})")
 
 
 @app.command()
@@ -203,11 +224,12 @@ def verify(
     image_a: Annotated[Path, typer.Argument(dir_okay=False)],
     image_b: Annotated[Path, typer.Argument(dir_okay=False)],
     threshold: Annotated[float | None, typer.Option(help="Decision threshold; default from the model.")] = None,
+    detect: Annotated[bool, typer.Option(help="Detect faces; --no-detect for pre-cropped faces.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
 ) -> None:
-    """Are these two photos of the same person? Exit status 0 = same, 3 = different."""
+    """Are these two photos of the same person (their largest faces)? Exit status 0 = same, 3 = different."""
     with _runtime() as rt:
-        result = rt.service.verify_pair(_read(image_a), _read(image_b), threshold=threshold)
+        result = rt.service.verify_pair(_read(image_a), _read(image_b), threshold=threshold, detect=detect)
     if as_json:
         typer.echo(json.dumps(result.model_dump()))
     else:
@@ -215,6 +237,35 @@ def verify(
         typer.echo(f"{verdict}: score {result.score:+.4f}, threshold {result.threshold:.4f}")
     if not result.match:
         raise typer.Exit(3)
+
+
+@app.command()
+def inspect(
+    image: Annotated[Path, typer.Argument(help="A photo.", dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the drawing (PNG).")] = Path("inspect.png"),
+) -> None:
+    """Draw the detected faces, their landmarks, quality verdicts and aligned crops into a PNG."""
+    from embedding.detect import DlibDetector  # noqa: PLC0415 - only this command needs them here
+    from embedding.inspect import inspect_image  # noqa: PLC0415
+
+    settings = Settings()
+    detector = DlibDetector(backend=settings.detector, landmarks=settings.detector_landmarks)
+    with _clean_errors():
+        try:
+            result = inspect_image(
+                _read(image).data,
+                detector=detector,
+                out_path=out,
+                settings=settings.quality,
+                max_pixels=settings.max_pixels,
+            )
+        except ImageError as exc:
+            raise FacedbError(422, exc.code, exc.message) from exc
+    for n, (face, report) in enumerate(zip(result.faces, result.reports, strict=True), 1):
+        x0, y0, x1, y1 = face.box
+        verdict = "passes the enrolment gates" if report.passed else "fails: " + ", ".join(report.codes)
+        typer.echo(f"face {n}: box ({x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}), score {face.score:.2f}; {verdict}")
+    typer.echo(f"{len(result.faces)} face(s); drawing written to {out}")
 
 
 # --- model versions and re-indexing ------------------------------------------------------------------
@@ -313,6 +364,9 @@ def models_retire(
         mv.status = ModelStatus.RETIRED
         removed = crud.delete_templates(session, model_version_id=mv.id) if purge else 0
     typer.echo(f"retired {mv.name}@{mv.version}" + (f"; deleted {removed} templates" if purge else ""))
+
+
+register_embedding_commands(app)  # train, evaluate, calibrate, export-onnx
 
 
 def main() -> None:

@@ -8,12 +8,14 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from embedding import Embedder, ImageError, decode_image
+from embedding.quality import assess, assess_image
 from service import registry, schemas
 from service.batching import MicroBatcher
 from service.db import crud
@@ -21,7 +23,7 @@ from service.db.engine import Database
 from service.db.migrate import check_schema
 from service.db.models import Gallery, Identity, ModelStatus, ModelVersion
 from service.errors import FacedbError, not_found
-from service.faces import decode_crop, encode_crop, face_crop
+from service.faces import DetectorPool, FaceImage, aligned_face, decode_crop, encode_crop, whole_image
 from service.indexing import IndexManager
 from service.registry import ModelInfo
 from service.settings import Settings
@@ -56,11 +58,18 @@ class FaceService:
     """
 
     def __init__(
-        self, *, settings: Settings, db: Database, embedder: Embedder, batcher: MicroBatcher | None = None
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        embedder: Embedder,
+        batcher: MicroBatcher | None = None,
+        detector: DetectorPool | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.configured = embedder
+        self.detector = detector
         self._batcher = batcher
         self._serving: Serving | None = None
         # Versions being built by a re-index: enrolments are embedded with them too.
@@ -73,6 +82,8 @@ class FaceService:
         """Check the schema, settle the active model version, and bring its indexes up to date."""
         check_schema(self.db.engine)
         self.configured.load()
+        if self.detector is not None:
+            self.detector.load()
         with self._sync_lock:
             mv, embedder = self._resolve_active()
             self._serving = self._build_serving(mv, embedder)
@@ -182,11 +193,15 @@ class FaceService:
         if not face_ids:
             return 0
         with self.db.read() as session:
-            crops = {f: c.data for f in face_ids if (c := crud.face_crop(session, face_id=f)) is not None}
+            crops = {
+                f: decode_crop(c.data, aligned=c.aligned)
+                for f in face_ids
+                if (c := crud.face_crop(session, face_id=f)) is not None
+            }
         if not crops:
             return 0
         ids = sorted(crops)
-        x = self._embed(embedder, [decode_crop(crops[f]) for f in ids])
+        x = self._embed_faces(embedder, [crops[f] for f in ids])
         with self.db.write() as session:
             crud.insert_templates(session, model_version_id=model_version_id, face_ids=ids, embeddings=x)
         log.info("made %d missing templates of model version %d", len(ids), model_version_id)
@@ -325,40 +340,54 @@ class FaceService:
         )
 
     def enroll(
-        self, gallery: str, identity_id: int, uploads: Sequence[Upload], *, detect: bool = True
+        self,
+        gallery: str,
+        identity_id: int,
+        uploads: Sequence[Upload],
+        *,
+        detect: bool = True,
+        multiple_faces: Literal["reject", "largest"] | None = None,
+        allow_conflict: bool = False,
     ) -> schemas.EnrollPublic:
-        """Add faces to an identity; each file is accepted or rejected on its own (partial success).
+        """Add faces to an identity; each file is accepted or rejected on its own, with a reason code.
 
-        Each face is embedded by the active model and by every version a re-index is building, and its crop
-        is stored (unless ``FACEDB_STORE_CROPS=false``) so that later models can re-embed it. ``detect`` is
-        accepted for API stability; until face detection lands the whole image is the face.
+        With ``detect`` the photo must pass the quality gates (one face unless ``multiple_faces="largest"``,
+        big, sharp, lit and frontal enough; see ``FACEDB_QUALITY__*``); without it the whole image is the
+        face. A face that matches a *different* identity of the gallery at or above the decision threshold is
+        rejected as ``identity_conflict`` unless ``allow_conflict``. Each face is embedded by the active model
+        and by every version a re-index is building, and its crop is kept (unless ``FACEDB_STORE_CROPS=false``)
+        so that later models can re-embed it.
         """
-        del detect
         self._check_count(len(uploads))
         serving, building = self.serving, dict(self._building)
         with self.db.read() as session:
-            known = crud.identity_image_hashes(session, identity_id=self._identity(session, gallery, identity_id).id)
+            target = self._identity(session, gallery, identity_id)
+            gallery_id = target.gallery_id
+            known = crud.identity_image_hashes(session, identity_id=target.id)
         rejected: list[schemas.RejectedFile] = []
-        crops: list[np.ndarray] = []
-        kept: list[tuple[Upload, str]] = []
+        kept: list[tuple[Upload, str, FaceImage]] = []
         for upload in uploads:
             digest = hashlib.sha256(upload.data).hexdigest()
             try:
                 self._check_size(upload)
                 if digest in known:
                     raise FacedbError(409, "duplicate_image", "this identity already has a face from this image")
-                crops.append(self._crop(decode_image(upload.data, max_pixels=self.settings.max_pixels)))
+                face = self._enrolment_face(upload, detect=detect, multiple_faces=multiple_faces)
             except (ImageError, FacedbError) as exc:
                 rejected.append(schemas.RejectedFile(filename=upload.filename, code=exc.code, message=exc.message))
                 continue
             known.add(digest)
-            kept.append((upload, digest))
+            kept.append((upload, digest, face))
+        if kept:
+            x = self._embed_faces(serving.embedder, [f for _, _, f in kept])
+            if not allow_conflict:
+                kept, x = self._drop_conflicts(serving, gallery_id, identity_id, kept, x, rejected)
         accepted: list[schemas.AcceptedFace] = []
         if kept:
-            templates = {serving.model.id: self._embed(serving.embedder, crops)}
+            faces_in = [f for _, _, f in kept]
+            templates = {serving.model.id: x}
             for mv_id, embedder in building.items():
-                templates[mv_id] = self._embed(embedder, crops)
-            stored = [self._stored_crop(c) for c in crops]
+                templates[mv_id] = self._embed_faces(embedder, faces_in)
             try:
                 with self.db.write() as session:
                     # Re-read under the write lock: the identity may have been deleted meanwhile.
@@ -367,16 +396,22 @@ class FaceService:
                         session,
                         identity=identity,
                         templates=templates,
-                        image_hashes=[d for _, d in kept],
-                        crops=stored,
+                        image_hashes=[d for _, d, _ in kept],
+                        crops=[self._stored_crop(f) for f in faces_in],
+                        detections=[f.detection_record() for f in faces_in],
                     )
             except IntegrityError as exc:  # the same image, enrolled by a concurrent request
                 raise FacedbError(
                     409, "duplicate_image", "this identity already has a face from one of these images"
                 ) from exc
             accepted = [
-                schemas.AcceptedFace(filename=u.filename, face_id=f.id, reindexable=self.settings.store_crops)
-                for (u, _), f in zip(kept, faces, strict=True)
+                schemas.AcceptedFace(
+                    filename=u.filename,
+                    face_id=f.id,
+                    reindexable=self.settings.store_crops,
+                    face=_face_box(face),
+                )
+                for (u, _, face), f in zip(kept, faces, strict=True)
             ]
             self.serving.indexes.catch_up()
         result = schemas.EnrollPublic(identity_id=identity_id, accepted=accepted, rejected=rejected)
@@ -388,6 +423,55 @@ class FaceService:
                 details={"rejected": [r.model_dump() for r in rejected]},
             )
         return result
+
+    def _enrolment_face(
+        self, upload: Upload, *, detect: bool, multiple_faces: Literal["reject", "largest"] | None
+    ) -> FaceImage:
+        image = decode_image(upload.data, max_pixels=self.settings.max_pixels)
+        if not detect or self.detector is None:
+            return whole_image(image, max_side=self.settings.crop_max_side)
+        gates = self.settings.quality
+        if multiple_faces is not None:
+            gates = gates.model_copy(update={"multiple_faces": multiple_faces})
+        report = assess_image(image, self.detector.detect(image), gates)
+        if not report.passed or report.face is None:
+            first = report.failures[0]
+            detail = "; ".join(f.message for f in report.failures)
+            raise FacedbError(422, first.code, detail, details={"codes": report.codes})
+        return aligned_face(image, report.face, report)
+
+    def _drop_conflicts(
+        self,
+        serving: Serving,
+        gallery_id: int,
+        identity_id: int,
+        kept: list[tuple[Upload, str, FaceImage]],
+        x: np.ndarray,
+        rejected: list[schemas.RejectedFile],
+    ) -> tuple[list[tuple[Upload, str, FaceImage]], np.ndarray]:
+        """Reject faces that already match another identity of the gallery at the decision threshold."""
+        threshold = self._threshold(serving, None)
+        hits = serving.indexes.search(gallery_id, x, 2)
+        others = {h.identity_id for row in hits for h in row if h.identity_id != identity_id}
+        with self.db.read() as session:
+            refs = crud.identity_refs(session, identity_ids=sorted(others))
+        keep: list[int] = []
+        for i, row in enumerate(hits):
+            clash = next((h for h in row if h.identity_id != identity_id and h.score >= threshold), None)
+            if clash is None:
+                keep.append(i)
+                continue
+            other = refs.get(clash.identity_id)
+            name = other.external_id if other is not None else str(clash.identity_id)
+            rejected.append(
+                schemas.RejectedFile(
+                    filename=kept[i][0].filename,
+                    code="identity_conflict",
+                    message=f"this face matches identity {clash.identity_id} ({name}) with score "
+                    f"{clash.score:.3f} >= {threshold:.3f}; send allow_conflict=true to enrol it anyway",
+                )
+            )
+        return [kept[i] for i in keep], x[keep]
 
     def delete_face(self, gallery: str, identity_id: int, face_id: int) -> None:
         with self.db.write() as session:
@@ -401,42 +485,59 @@ class FaceService:
     # --- identify and verify --------------------------------------------------------------------------
 
     def identify(
-        self, gallery: str, upload: Upload, *, top_k: int | None = None, threshold: float | None = None
+        self,
+        gallery: str,
+        upload: Upload,
+        *,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        detect: bool = True,
+        max_faces: int | None = None,
     ) -> schemas.IdentifyPublic:
-        """The best-matching distinct identities for one probe image, and the decision."""
+        """1:N for every face in the photo (largest first); the top-level answer is the largest face's."""
         k = self.settings.default_top_k if top_k is None else top_k
         if not 1 <= k <= self.settings.max_top_k:
             raise FacedbError(422, "invalid_top_k", f"top_k must be between 1 and {self.settings.max_top_k}")
+        n_max = self.settings.max_faces if max_faces is None else max_faces
+        if not 1 <= n_max <= self.settings.max_faces:
+            raise FacedbError(422, "invalid_max_faces", f"max_faces must be between 1 and {self.settings.max_faces}")
         serving = self.serving
         t = self._threshold(serving, threshold)
         with self.db.read() as session:
             g = self._gallery(session, gallery)
-        q = self._embed(serving.embedder, [self._decode(upload)])
-        hits = serving.indexes.search(g.id, q, k)[0]
+        faces = self._probe_faces(upload, detect=detect)[:n_max]
+        hits = serving.indexes.search(g.id, self._embed_faces(serving.embedder, faces), k) if faces else []
         with self.db.read() as session:
-            refs = crud.identity_refs(session, identity_ids=[h.identity_id for h in hits])
-        candidates = [
-            schemas.Candidate(
-                identity=schemas.IdentityRef(id=r.id, external_id=r.external_id, display_name=r.display_name),
-                score=h.score,
-                face_id=h.face_id,
+            refs = crud.identity_refs(session, identity_ids=[h.identity_id for row in hits for h in row])
+        results = []
+        for face, row in zip(faces, hits, strict=True):
+            candidates = [
+                schemas.Candidate(
+                    identity=schemas.IdentityRef(id=r.id, external_id=r.external_id, display_name=r.display_name),
+                    score=h.score,
+                    face_id=h.face_id,
+                )
+                for h in row
+                if (r := refs.get(h.identity_id)) is not None  # deleted between search and lookup
+            ]
+            match = candidates[0] if candidates and candidates[0].score >= t else None
+            results.append(
+                schemas.FaceResult(face=_face_box(face), quality=_quality(face), candidates=candidates, match=match)
             )
-            for h in hits
-            if (r := refs.get(h.identity_id)) is not None  # deleted between search and lookup
-        ]
-        match = candidates[0] if candidates and candidates[0].score >= t else None
+        first = results[0] if results else None
         return schemas.IdentifyPublic(
             gallery=gallery,
             model_version=serving.model.label,
             threshold=t,
-            candidates=candidates,
-            match=match,
+            candidates=first.candidates if first else [],
+            match=first.match if first else None,
+            faces=results,
         )
 
     def verify_identity(
-        self, gallery: str, identity_id: int, upload: Upload, *, threshold: float | None = None
+        self, gallery: str, identity_id: int, upload: Upload, *, threshold: float | None = None, detect: bool = True
     ) -> schemas.VerifyPublic:
-        """1:1: is the person in the image this identity? Score = best face's cosine similarity."""
+        """1:1: is the (largest) person in the image this identity? Score = best face's cosine similarity."""
         serving = self.serving
         t = self._threshold(serving, threshold)
         with self.db.read() as session:
@@ -444,17 +545,47 @@ class FaceService:
             templates = crud.identity_embeddings(session, identity_id=identity.id, model_version_id=serving.model.id)
         if len(templates) == 0:
             raise FacedbError(409, "identity_has_no_faces", f"identity {identity_id} has no enrolled faces")
-        q = self._embed(serving.embedder, [self._decode(upload)])
+        face = self._largest_face(upload, detect=detect)
+        q = self._embed_faces(serving.embedder, [face])
         score = float((templates @ q[0]).max())
-        return schemas.VerifyPublic(model_version=serving.model.label, score=score, threshold=t, match=score >= t)
+        return schemas.VerifyPublic(
+            model_version=serving.model.label, score=score, threshold=t, match=score >= t, faces=[_face_box(face)]
+        )
 
-    def verify_pair(self, a: Upload, b: Upload, *, threshold: float | None = None) -> schemas.VerifyPublic:
-        """1:1 between two photos."""
+    def verify_pair(
+        self, a: Upload, b: Upload, *, threshold: float | None = None, detect: bool = True
+    ) -> schemas.VerifyPublic:
+        """1:1 between the largest faces of two photos."""
         serving = self.serving
         t = self._threshold(serving, threshold)
-        x = self._embed(serving.embedder, [self._decode(a), self._decode(b)])
+        faces = [self._largest_face(a, detect=detect), self._largest_face(b, detect=detect)]
+        x = self._embed_faces(serving.embedder, faces)
         score = float(x[0] @ x[1])
-        return schemas.VerifyPublic(model_version=serving.model.label, score=score, threshold=t, match=score >= t)
+        return schemas.VerifyPublic(
+            model_version=serving.model.label,
+            score=score,
+            threshold=t,
+            match=score >= t,
+            faces=[_face_box(f) for f in faces],
+        )
+
+    def _probe_faces(self, upload: Upload, *, detect: bool) -> list[FaceImage]:
+        """Every face of a probe photo, largest first, each with its quality measured (not gated)."""
+        self._check_size(upload)
+        try:
+            image = decode_image(upload.data, max_pixels=self.settings.max_pixels)
+        except ImageError as exc:
+            raise FacedbError(422, exc.code, f"{upload.filename or 'image'}: {exc.message}") from exc
+        if not detect or self.detector is None:
+            return [whole_image(image, max_side=self.settings.crop_max_side)]
+        gates = self.settings.quality
+        return [aligned_face(image, f, assess(image, f, gates)) for f in self.detector.detect(image)]
+
+    def _largest_face(self, upload: Upload, *, detect: bool) -> FaceImage:
+        faces = self._probe_faces(upload, detect=detect)
+        if not faces:
+            raise FacedbError(422, "no_face", f"{upload.filename or 'image'}: no face found in the image")
+        return faces[0]
 
     # --- health ---------------------------------------------------------------------------------------
 
@@ -481,21 +612,14 @@ class FaceService:
             return self._batcher.embed(embedder.embed, images)
         return embedder.embed(images)
 
-    def _decode(self, upload: Upload) -> np.ndarray:
-        """The face crop of an uploaded probe image."""
-        self._check_size(upload)
-        try:
-            return self._crop(decode_image(upload.data, max_pixels=self.settings.max_pixels))
-        except ImageError as exc:
-            raise FacedbError(422, exc.code, f"{upload.filename or 'image'}: {exc.message}") from exc
+    def _embed_faces(self, embedder: Embedder, faces: Sequence[FaceImage]) -> np.ndarray:
+        """float32 (N, D): each face cut to the framing this embedder's model expects, then embedded."""
+        return self._embed(embedder, [f.for_model(embedder.card.input) for f in faces])
 
-    def _crop(self, image: np.ndarray) -> np.ndarray:
-        return face_crop(image, max_side=self.settings.crop_max_side)
-
-    def _stored_crop(self, crop: np.ndarray) -> tuple[bytes, int, int] | None:
+    def _stored_crop(self, face: FaceImage) -> tuple[bytes, int, int, bool] | None:
         if not self.settings.store_crops:
             return None
-        return encode_crop(crop), int(crop.shape[1]), int(crop.shape[0])
+        return encode_crop(face.image), int(face.image.shape[1]), int(face.image.shape[0]), face.aligned
 
     def _check_size(self, upload: Upload) -> None:
         if len(upload.data) > self.settings.max_upload_bytes:
@@ -523,6 +647,25 @@ class FaceService:
         if self.settings.threshold is not None:
             return self.settings.threshold
         return serving.model.default_threshold
+
+
+def _face_box(face: FaceImage) -> schemas.FaceBox | None:
+    d = face.detection
+    if d is None:
+        return None
+    return schemas.FaceBox(
+        box=[round(float(v), 2) for v in d.box],
+        landmarks=[[round(float(v), 2) for v in p] for p in d.landmarks],
+        score=float(d.score),
+        detector=d.detector,
+    )
+
+
+def _quality(face: FaceImage) -> schemas.QualityPublic | None:
+    q = face.quality
+    if q is None:
+        return None
+    return schemas.QualityPublic(passed=q.passed, codes=q.codes, measures=q.measures())
 
 
 def _identity_public(identity: Identity, gallery: str, face_count: int) -> schemas.IdentityPublic:

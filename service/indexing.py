@@ -146,7 +146,7 @@ class IndexManager:
                 )
             if not rows:
                 return
-            self._backfill([face_id for face_id, crop in rows if crop is not None])
+            self._backfill([face_id for face_id, crop in rows if crop is not None])  # others cannot be made
             after = rows[-1][0]
 
     def _verify_counts(self) -> None:

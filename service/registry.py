@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from embedding import Embedder, TorchEmbedder
+from embedding import Embedder, load_embedder
 from service.db import crud
 from service.db.models import ModelStatus, ModelVersion
 from service.errors import FacedbError
@@ -42,8 +42,11 @@ class ModelInfo:
 
 
 def open_embedder(path: Path, settings: Settings) -> Embedder:
-    """An embedder for a model file (not loaded yet)."""
-    return TorchEmbedder(path, device=settings.device, batch_size=settings.embed_batch_size)
+    """An embedder for a model file (our .pt checkpoints or .onnx models; not loaded yet).
+
+    Loading refuses a model without calibrated thresholds: run `facedb calibrate` on it first.
+    """
+    return load_embedder(path, device=settings.device, batch_size=settings.embed_batch_size)
 
 
 def register(session: Session, *, embedder: Embedder, path: Path, status: ModelStatus) -> ModelVersion:

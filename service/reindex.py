@@ -168,12 +168,12 @@ class Reindexer:
                 return
             after = rows[-1][0]
             ids, crops, errors = [], [], []
-            for face_id, data in rows:
-                if data is None:
+            for face_id, crop in rows:
+                if crop is None:
                     errors.append({"face_id": face_id, "code": "no_crop", "message": "no stored crop"})
                     continue
                 try:
-                    crops.append(decode_crop(data))
+                    crops.append(decode_crop(crop.data, aligned=crop.aligned).for_model(embedder.card.input))
                     ids.append(face_id)
                 except ImageError as exc:
                     errors.append({"face_id": face_id, "code": exc.code, "message": exc.message})

@@ -13,6 +13,7 @@ from service.admin import AdminService
 from service.batching import MicroBatcher
 from service.core import FaceService
 from service.db.engine import Database
+from service.faces import DetectorPool
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,10 @@ def build_runtime(settings: Settings, *, batching: bool = True) -> Runtime:
         if batching
         else None
     )
-    service = FaceService(settings=settings, db=db, embedder=embedder, batcher=batcher)
+    detector = DetectorPool(
+        size=settings.detector_pool_size, backend=settings.detector, landmarks=settings.detector_landmarks
+    )
+    service = FaceService(settings=settings, db=db, embedder=embedder, batcher=batcher, detector=detector)
     try:
         service.start()
     except BaseException:

@@ -70,10 +70,26 @@ class FacesPublic(BaseModel):
     items: list[FacePublic]
 
 
+class FaceBox(BaseModel):
+    box: list[float] = Field(description="x0, y0, x1, y1 in pixels of the uploaded image.")
+    landmarks: list[list[float]] = Field(
+        description="(x, y) of the eye centres, nose tip and mouth corners, image-left first."
+    )
+    score: float = Field(description="The detector's confidence (its own scale).")
+    detector: str
+
+
+class QualityPublic(BaseModel):
+    passed: bool = Field(description="Would pass the enrolment gates.")
+    codes: list[str] = Field(description="Gates it fails: face_too_small, too_blurry, extreme_pose, ...")
+    measures: dict[str, float]
+
+
 class AcceptedFace(BaseModel):
     filename: str
     face_id: int
     reindexable: bool = Field(description="false when crops are not kept (FACEDB_STORE_CROPS=false).")
+    face: FaceBox | None = Field(description="Where the face was found; null with detect=false.")
 
 
 class RejectedFile(BaseModel):
@@ -100,12 +116,20 @@ class Candidate(BaseModel):
     face_id: int
 
 
+class FaceResult(BaseModel):
+    face: FaceBox | None = Field(description="Null with detect=false (the whole image is the face).")
+    quality: QualityPublic | None
+    candidates: list[Candidate] = Field(description="Distinct identities, best first.")
+    match: Candidate | None = Field(description="The top candidate if its score >= threshold, else null.")
+
+
 class IdentifyPublic(BaseModel):
     gallery: str
     model_version: str
     threshold: float
-    candidates: list[Candidate] = Field(description="Distinct identities, best first.")
-    match: Candidate | None = Field(description="The top candidate if its score >= threshold, else null.")
+    candidates: list[Candidate] = Field(description="The largest face's candidates: distinct identities, best first.")
+    match: Candidate | None = Field(description="The largest face's decision: its top candidate if >= threshold.")
+    faces: list[FaceResult] = Field(description="One result per detected face, largest first (max_faces).")
 
 
 class VerifyPublic(BaseModel):
@@ -113,6 +137,9 @@ class VerifyPublic(BaseModel):
     score: float
     threshold: float
     match: bool
+    faces: list[FaceBox | None] = Field(
+        default_factory=list, description="The face compared in each image: the largest one detected."
+    )
 
 
 class HealthPublic(BaseModel):

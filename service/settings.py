@@ -8,11 +8,13 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from embedding.quality import QualitySettings
+
 
 class Settings(BaseSettings):
     """Every tunable of the service; override any field with ``FACEDB_<FIELD>`` (e.g. ``FACEDB_DATABASE_URL``)."""
 
-    model_config = SettingsConfigDict(env_prefix="FACEDB_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FACEDB_", env_file=".env", extra="ignore", env_nested_delimiter="__")
 
     data_dir: Path = Field(default=Path("facedb_data"), description="Where the SQLite file and index live.")
     database_url: str = Field(
@@ -32,6 +34,16 @@ class Settings(BaseSettings):
         default=None, ge=-1.0, le=1.0, description="Decision threshold; empty = the model card's default."
     )
 
+    detector: Literal["hog", "cnn"] = Field(
+        default="hog", description="dlib's HOG detector (CPU, ~10-30 ms) or its CNN (0.3-2 s per image on CPU)."
+    )
+    detector_landmarks: Literal["68", "5"] = Field(default="68", description="dlib landmark model.")
+    detector_pool_size: int = Field(default=2, gt=0, description="Detectors for concurrent requests.")
+    max_faces: int = Field(default=10, gt=0, description="Faces per image that identify answers for.")
+    quality: QualitySettings = Field(
+        default_factory=QualitySettings,
+        description="Enrolment gates, e.g. FACEDB_QUALITY__MIN_INTER_EYE_PX=30 (see embedding/quality.py).",
+    )
     store_crops: bool = Field(
         default=True, description="Keep each enrolled face crop so that a new model can re-embed it."
     )

@@ -114,6 +114,12 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield c
 
 
+# Synthetic blobs are no faces: tests that use them send no detection and skip the identity-conflict check
+# (to a face model all blobs look alike).
+SYNTHETIC_ENROL = {"detect": "false", "allow_conflict": "true"}
+SYNTHETIC_PROBE = {"detect": "false"}
+
+
 def image_bytes(seed: int, size: tuple[int, int] = (92, 112), fmt: str = "PNG", mode: str = "L") -> bytes:
     """A deterministic synthetic image: smooth random blobs, distinct per seed."""
     rng = np.random.default_rng(seed)

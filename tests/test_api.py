@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from service.api import create_app
 from service.settings import Settings
-from tests.conftest import image_bytes
+from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, image_bytes
 
 G = "/v1/galleries/default"
 
@@ -22,13 +22,14 @@ def new_identity(client: TestClient, external_id: str, **extra: Any) -> dict[str
 
 def enroll(client: TestClient, identity_id: int, *images: bytes, gallery: str = G) -> dict[str, Any]:
     files = [("image", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
-    r = client.post(f"{gallery}/identities/{identity_id}/faces", files=files)
+    r = client.post(f"{gallery}/identities/{identity_id}/faces", files=files, data=SYNTHETIC_ENROL)
     assert r.status_code == 201, r.text
     body: dict[str, Any] = r.json()
     return body
 
 
 def identify(client: TestClient, data: bytes, gallery: str = G, **form: Any) -> dict[str, Any]:
+    form = {**SYNTHETIC_PROBE, **form}
     r = client.post(f"{gallery}/identify", files={"image": ("probe.png", data, "image/png")}, data=form)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
@@ -156,7 +157,7 @@ def test_enroll_identify_verify_delete(client: TestClient) -> None:
     ver = client.post(
         f"{G}/verify",
         files={"image": ("p.png", images["ann"][0], "image/png")},
-        data={"identity_id": people["ann"]["id"]},
+        data={"identity_id": people["ann"]["id"], "detect": "false"},
     ).json()
     assert ver["match"] is True
     assert ver["score"] > 0.999
@@ -166,6 +167,7 @@ def test_enroll_identify_verify_delete(client: TestClient) -> None:
             "image_a": ("a.png", images["cid"][2], "image/png"),
             "image_b": ("b.png", images["cid"][2], "image/png"),
         },
+        data={"detect": "false"},
     ).json()
     assert pair["score"] > 0.999
     assert pair["match"] is True
@@ -196,7 +198,9 @@ def test_gallery_isolation_and_deletion(client: TestClient) -> None:
     assert identify(client, image_bytes(7))["candidates"][0]["identity"]["external_id"] == "y"
     assert identify(client, image_bytes(7), gallery="/v1/galleries/lab")["candidates"][0]["score"] > 0.999
     assert client.delete("/v1/galleries/lab").status_code == 204
-    r = client.post("/v1/galleries/lab/identify", files={"image": ("p.png", image_bytes(7), "image/png")})
+    r = client.post(
+        "/v1/galleries/lab/identify", files={"image": ("p.png", image_bytes(7), "image/png")}, data={"detect": "false"}
+    )
     assert r.json()["error"]["code"] == "gallery_not_found"
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from service.api import create_app
 from service.settings import Settings
-from tests.conftest import image_bytes
+from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, image_bytes
 
 G = "/v1/galleries/default"
 
@@ -67,7 +67,7 @@ BAD_IMAGES: dict[str, tuple[bytes, str]] = {
 @pytest.mark.parametrize("case", list(BAD_IMAGES))
 def test_bad_image_on_identify(small_limits_client: TestClient, case: str) -> None:
     data, code = BAD_IMAGES[case]
-    r = small_limits_client.post(f"{G}/identify", files={"image": ("x.jpg", data, "image/jpeg")})
+    r = small_limits_client.post(f"{G}/identify", files={"image": ("x.jpg", data, "image/jpeg")}, data=SYNTHETIC_PROBE)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == code
     assert r.json()["error"]["message"]
@@ -79,7 +79,7 @@ def test_bad_images_on_enroll_partial_success(small_limits_client: TestClient) -
     good = image_bytes(5)
     files = [("image", ("good.png", good, "image/png"))]
     files += [("image", (f"{name}.jpg", data, "image/jpeg")) for name, (data, _) in list(BAD_IMAGES.items())[:3]]
-    r = c.post(f"{G}/identities/{iid}/faces", files=files)
+    r = c.post(f"{G}/identities/{iid}/faces", files=files, data=SYNTHETIC_ENROL)
     assert r.status_code == 201, r.text
     body = r.json()
     assert [a["filename"] for a in body["accepted"]] == ["good.png"]
@@ -87,11 +87,13 @@ def test_bad_images_on_enroll_partial_success(small_limits_client: TestClient) -
     assert counts(c) == (1, 1)
 
     # the same image again is a duplicate, and an all-bad request is 422 with the reasons, writing nothing
-    r = c.post(f"{G}/identities/{iid}/faces", files=[("image", ("again.png", good, "image/png"))])
+    r = c.post(f"{G}/identities/{iid}/faces", files=[("image", ("again.png", good, "image/png"))], data=SYNTHETIC_ENROL)
     assert (r.status_code, r.json()["error"]["code"]) == (422, "no_face_enrolled")
     assert r.json()["error"]["details"]["rejected"][0]["code"] == "duplicate_image"
     for name, (data, code) in BAD_IMAGES.items():
-        r = c.post(f"{G}/identities/{iid}/faces", files=[("image", ("x.jpg", data, "image/jpeg"))])
+        r = c.post(
+            f"{G}/identities/{iid}/faces", files=[("image", ("x.jpg", data, "image/jpeg"))], data=SYNTHETIC_ENROL
+        )
         assert r.status_code == 422, name
         assert r.json()["error"]["details"]["rejected"][0]["code"] == code, name
     assert counts(c) == (1, 1)
@@ -145,7 +147,9 @@ def test_duplicate_external_id(small_limits_client: TestClient) -> None:
 @pytest.mark.parametrize("top_k", [0, -1, 11, 10_000])
 def test_top_k_out_of_range(small_limits_client: TestClient, top_k: int) -> None:
     r = small_limits_client.post(
-        f"{G}/identify", files={"image": ("p.png", image_bytes(1), "image/png")}, data={"top_k": top_k}
+        f"{G}/identify",
+        files={"image": ("p.png", image_bytes(1), "image/png")},
+        data={"top_k": top_k, **SYNTHETIC_PROBE},
     )
     assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_top_k")
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
 
-from tests.conftest import image_bytes
+from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, image_bytes
 
 G = "/v1/galleries/default"
 
@@ -23,7 +23,11 @@ def test_concurrent_enroll_and_identify(client: TestClient) -> None:
     def enroll(person: int) -> None:
         for j in range(per_person):
             data = image_bytes(1000 * person + j)
-            r = client.post(f"{G}/identities/{ids[person]}/faces", files={"image": (f"{j}.png", data, "image/png")})
+            r = client.post(
+                f"{G}/identities/{ids[person]}/faces",
+                files={"image": (f"{j}.png", data, "image/png")},
+                data=SYNTHETIC_ENROL,
+            )
             with lock:
                 if r.status_code == 201:
                     acked.extend(a["face_id"] for a in r.json()["accepted"])
@@ -33,7 +37,9 @@ def test_concurrent_enroll_and_identify(client: TestClient) -> None:
     def probe() -> int:
         done = 0
         while not stop.is_set() and done < 200:
-            r = client.post(f"{G}/identify", files={"image": ("p.png", image_bytes(3), "image/png")})
+            r = client.post(
+                f"{G}/identify", files={"image": ("p.png", image_bytes(3), "image/png")}, data=SYNTHETIC_PROBE
+            )
             if r.status_code != 200:
                 with lock:
                     errors.append(r.text)
@@ -55,7 +61,9 @@ def test_concurrent_enroll_and_identify(client: TestClient) -> None:
     # every enrolled image is found as its own person
     for person in range(n_people):
         res = client.post(
-            f"{G}/identify", files={"image": ("p.png", image_bytes(1000 * person + 2), "image/png")}
+            f"{G}/identify",
+            files={"image": ("p.png", image_bytes(1000 * person + 2), "image/png")},
+            data=SYNTHETIC_PROBE,
         ).json()
         assert res["candidates"][0]["identity"]["id"] == ids[person]
 

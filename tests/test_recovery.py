@@ -21,7 +21,7 @@ from service import schemas
 from service.core import Upload
 from service.runtime import Runtime, build_runtime
 from service.settings import Settings
-from tests.conftest import REPO, image_bytes
+from tests.conftest import REPO, SYNTHETIC_ENROL, SYNTHETIC_PROBE, image_bytes
 
 
 def start(settings: Settings) -> Runtime:
@@ -32,7 +32,9 @@ def enroll_people(rt: Runtime, n: int, seed: int = 0) -> list[int]:
     ids = []
     for i in range(n):
         ident = rt.service.create_identity("default", schemas.IdentityCreate(external_id=f"s{seed}-{i}"))
-        rt.service.enroll("default", ident.id, [Upload(f"{i}.png", image_bytes(seed * 1000 + i))])
+        rt.service.enroll(
+            "default", ident.id, [Upload(f"{i}.png", image_bytes(seed * 1000 + i))], detect=False, allow_conflict=True
+        )
         ids.append(ident.id)
     return ids
 
@@ -57,9 +59,9 @@ def test_snapshot_is_reused_and_caught_up(settings: Settings) -> None:
     try:
         assert rt.service.indexes.stats().faces == 4
         assert rt.service.indexes.lag() == 0
-        hits = rt.service.identify("default", Upload("p.png", image_bytes(1001)), top_k=1).candidates
+        hits = rt.service.identify("default", Upload("p.png", image_bytes(1001)), top_k=1, detect=False).candidates
         assert hits[0].identity.external_id == "s1-1"
-        gone = rt.service.identify("default", Upload("p.png", image_bytes(0)), top_k=10).candidates
+        gone = rt.service.identify("default", Upload("p.png", image_bytes(0)), top_k=10, detect=False).candidates
         assert "s0-0" not in [c.identity.external_id for c in gone]
     finally:
         rt.close()
@@ -78,7 +80,7 @@ def test_corrupt_snapshot_is_rebuilt(settings: Settings, target: str) -> None:
     rt = start(settings)
     try:
         assert rt.service.indexes.stats().faces == 4
-        top = rt.service.identify("default", Upload("p.png", image_bytes(2)), top_k=1).candidates[0]
+        top = rt.service.identify("default", Upload("p.png", image_bytes(2)), top_k=1, detect=False).candidates[0]
         assert (top.identity.external_id, top.score > 0.999) == ("s0-2", True)
     finally:
         rt.close()
@@ -97,7 +99,7 @@ def test_snapshot_that_disagrees_with_the_database_is_rebuilt(settings: Settings
     rt = start(settings)
     try:
         assert rt.service.indexes.stats().faces == 3
-        hits = rt.service.identify("default", Upload("p.png", image_bytes(4)), top_k=10).candidates
+        hits = rt.service.identify("default", Upload("p.png", image_bytes(4)), top_k=10, detect=False).candidates
         assert all(h.face_id <= 3 for h in hits)
     finally:
         rt.close()
@@ -118,7 +120,11 @@ def test_other_process_writes_reach_a_running_server(make_settings: Callable[...
         deadline = time.monotonic() + 5
         while client.get("/readyz").json()["checks"]["index_lag"] != 0 and time.monotonic() < deadline:
             time.sleep(0.05)
-        r = client.post("/v1/galleries/default/identify", files={"image": ("p.png", image_bytes(7001), "image/png")})
+        r = client.post(
+            "/v1/galleries/default/identify",
+            files={"image": ("p.png", image_bytes(7001), "image/png")},
+            data=SYNTHETIC_PROBE,
+        )
         assert r.json()["candidates"][0]["identity"]["external_id"] == "s7-1"
 
 
@@ -192,6 +198,7 @@ def test_sigkill_mid_enrolment_loses_no_acknowledged_face(
                     r = c.post(
                         f"/v1/galleries/default/identities/{ident.json()['id']}/faces",
                         files={"image": ("f.png", image_bytes(5000 + i), "image/png")},
+                        data=SYNTHETIC_ENROL,
                     )
                 except httpx.TransportError:
                     return
@@ -216,7 +223,11 @@ def test_sigkill_mid_enrolment_loses_no_acknowledged_face(
         assert ready["checks"]["index_lag"] == 0
         assert ready["checks"]["index_faces"] == gallery["face_count"] >= len(acked)
         for face_id, seed in list(acked.items())[:: max(1, len(acked) // 8)]:
-            r = c.post("/v1/galleries/default/identify", files={"image": ("p.png", image_bytes(seed), "image/png")})
+            r = c.post(
+                "/v1/galleries/default/identify",
+                files={"image": ("p.png", image_bytes(seed), "image/png")},
+                data=SYNTHETIC_PROBE,
+            )
             top = r.json()["candidates"][0]
             assert top["face_id"] == face_id
             assert top["score"] > 0.999

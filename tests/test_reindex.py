@@ -31,7 +31,7 @@ from service.db.engine import Database
 from service.errors import FacedbError
 from service.runtime import Runtime, build_runtime
 from service.settings import Settings
-from tests.conftest import REPO, image_bytes
+from tests.conftest import REPO, SYNTHETIC_ENROL, SYNTHETIC_PROBE, image_bytes
 
 G = "/v1/galleries/default"
 
@@ -60,13 +60,13 @@ def enroll_people(rt: Runtime, n: int, per: int = 2, prefix: str = "p") -> dict[
     for i in range(n):
         ident = rt.service.create_identity("default", schemas.IdentityCreate(external_id=f"{prefix}{i}"))
         uploads = [Upload(f"{j}.png", image_bytes(1000 * i + j)) for j in range(per)]
-        rt.service.enroll("default", ident.id, uploads)
+        rt.service.enroll("default", ident.id, uploads, detect=False, allow_conflict=True)
         ids[ident.external_id] = ident.id
     return ids
 
 
 def ranking(rt: Runtime, seed: int) -> list[tuple[str, float]]:
-    res = rt.service.identify("default", Upload("p.png", image_bytes(seed)), top_k=5)
+    res = rt.service.identify("default", Upload("p.png", image_bytes(seed)), top_k=5, detect=False)
     return [(c.identity.external_id, c.score) for c in res.candidates]
 
 
@@ -121,14 +121,16 @@ def test_identify_keeps_answering_during_reindex(make_settings: Callable[..., Se
         for i in range(8):
             iid = client.post(f"{G}/identities", json={"external_id": f"q{i}"}).json()["id"]
             files = [("image", (f"{j}.png", image_bytes(100 * i + j), "image/png")) for j in range(3)]
-            assert client.post(f"{G}/identities/{iid}/faces", files=files).status_code == 201
+            assert client.post(f"{G}/identities/{iid}/faces", files=files, data=SYNTHETIC_ENROL).status_code == 201
         labels: list[str] = []
         failures: list[str] = []
         stop = threading.Event()
 
         def probe() -> None:
             while not stop.is_set():
-                r = client.post(f"{G}/identify", files={"image": ("p.png", image_bytes(301), "image/png")})
+                r = client.post(
+                    f"{G}/identify", files={"image": ("p.png", image_bytes(301), "image/png")}, data=SYNTHETIC_PROBE
+                )
                 if r.status_code != 200:
                     failures.append(r.text)
                     continue
@@ -148,7 +150,7 @@ def test_identify_keeps_answering_during_reindex(make_settings: Callable[..., Se
             # an enrolment while the job runs is embedded with both models
             late = client.post(f"{G}/identities", json={"external_id": "late"}).json()["id"]
             files = [("image", ("late.png", image_bytes(777), "image/png"))]
-            assert client.post(f"{G}/identities/{late}/faces", files=files).status_code == 201
+            assert client.post(f"{G}/identities/{late}/faces", files=files, data=SYNTHETIC_ENROL).status_code == 201
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 job = client.get(f"/v1/admin/reindex/{job_id}").json()
@@ -165,7 +167,9 @@ def test_identify_keeps_answering_during_reindex(make_settings: Callable[..., Se
         first_b = next(i for i, label in enumerate(labels) if label.startswith("test-model-b"))
         assert first_b > 0, "answers under the old model came first"
         assert all(label.startswith("test-model-b") for label in labels[first_b:]), "no answer went back"
-        r = client.post(f"{G}/identify", files={"image": ("p.png", image_bytes(777), "image/png")}).json()
+        r = client.post(
+            f"{G}/identify", files={"image": ("p.png", image_bytes(777), "image/png")}, data=SYNTHETIC_PROBE
+        ).json()
         assert (r["candidates"][0]["identity"]["external_id"], r["candidates"][0]["score"] > 0.999) == ("late", True)
         models = {m["name"]: m for m in client.get("/v1/admin/models").json()["items"]}
         assert models["test-model-b"]["status"] == "active"
@@ -262,7 +266,9 @@ def test_sigkill_mid_reindex_then_rerun(make_settings: Callable[..., Settings], 
     try:
         assert rt.service.active.label.startswith("test-model-b@")
         assert rt.service.indexes.stats().faces == 60
-        assert ranking(rt, 1001)[0] == ("p1", pytest.approx(1.0, abs=1e-5))
+        name, score = ranking(rt, 1001)[0]
+        assert name == "p1"
+        assert score == pytest.approx(1.0, abs=1e-5)
     finally:
         rt.close()
 
@@ -330,14 +336,16 @@ def test_two_processes_agree(two_servers: tuple[str, str], settings: Settings, m
     a, b = (httpx.Client(base_url=u + G, timeout=30) for u in two_servers)
 
     def top(client: httpx.Client, seed: int) -> tuple[str | None, str]:
-        body = client.post("/identify", files={"image": ("p.png", image_bytes(seed), "image/png")}).json()
+        body = client.post(
+            "/identify", files={"image": ("p.png", image_bytes(seed), "image/png")}, data=SYNTHETIC_PROBE
+        ).json()
         return (body["candidates"][0]["identity"]["external_id"] if body["candidates"] else None), body["model_version"]
 
     ids = {}
     for i in range(4):
         ids[i] = a.post("/identities", json={"external_id": f"m{i}"}).json()["id"]
         files = [("image", (f"{j}.png", image_bytes(50 * i + j), "image/png")) for j in range(2)]
-        assert a.post(f"/identities/{ids[i]}/faces", files=files).status_code == 201
+        assert a.post(f"/identities/{ids[i]}/faces", files=files, data=SYNTHETIC_ENROL).status_code == 201
     delay = _eventually(lambda: top(b, 101)[0] == "m2")
     assert delay < 5
     assert b.delete(f"/identities/{ids[2]}").status_code == 204
@@ -357,8 +365,8 @@ def test_two_processes_agree(two_servers: tuple[str, str], settings: Settings, m
     _eventually(lambda: top(a, 150)[1].startswith("test-model-b") and top(b, 150)[1].startswith("test-model-b"))
     for seed in (0, 51, 150, 151, 999):
         assert top(a, seed) == top(b, seed)
-    ra = a.post("/identify", files={"image": ("p.png", image_bytes(151), "image/png")}).json()
-    rb = b.post("/identify", files={"image": ("p.png", image_bytes(151), "image/png")}).json()
+    ra = a.post("/identify", files={"image": ("p.png", image_bytes(151), "image/png")}, data=SYNTHETIC_PROBE).json()
+    rb = b.post("/identify", files={"image": ("p.png", image_bytes(151), "image/png")}, data=SYNTHETIC_PROBE).json()
     assert [c["face_id"] for c in ra["candidates"]] == [c["face_id"] for c in rb["candidates"]]
     np.testing.assert_allclose(
         [c["score"] for c in ra["candidates"]], [c["score"] for c in rb["candidates"]], atol=1e-6

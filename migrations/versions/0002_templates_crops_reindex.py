@@ -57,9 +57,7 @@ def upgrade() -> None:
         sa.Column("embedding", sa.LargeBinary(), nullable=False),
         sa.Column("embedding_dim", sa.Integer(), nullable=False),
         sa.Column("created_at", TS, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["face_id"], ["faces.id"], name=op.f("fk_templates_face_id_faces"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["face_id"], ["faces.id"], name=op.f("fk_templates_face_id_faces"), ondelete="CASCADE"),
         sa.ForeignKeyConstraint(
             ["model_version_id"],
             ["model_versions.id"],

@@ -184,11 +184,17 @@ def add_faces(
     identity: Identity,
     templates: dict[int, np.ndarray],
     image_hashes: Sequence[str],
-    crops: Sequence[tuple[bytes, int, int] | None],
+    crops: Sequence[tuple[bytes, int, int, bool] | None],
+    detections: Sequence[dict[str, Any] | None] | None = None,
 ) -> list[Face]:
     """Insert one face per image, with a template per model version (float32 (N, D) each), its crop
-    (PNG bytes, width, height; None when crops are not kept), and log each addition."""
-    faces = [Face(identity_id=identity.id, gallery_id=identity.gallery_id, image_sha256=h) for h in image_hashes]
+    (PNG bytes, width, height, aligned; None when crops are not kept), its detection record, and log
+    each addition."""
+    detections = detections if detections is not None else [None] * len(image_hashes)
+    faces = [
+        Face(identity_id=identity.id, gallery_id=identity.gallery_id, image_sha256=h, detection=d)
+        for h, d in zip(image_hashes, detections, strict=True)
+    ]
     session.add_all(faces)
     session.flush()
     face_ids = [f.id for f in faces]
@@ -196,7 +202,7 @@ def add_faces(
         insert_templates(session, model_version_id=model_version_id, face_ids=face_ids, embeddings=x)
     session.add_all(
         [
-            FaceCrop(face_id=f, data=c[0], width=c[1], height=c[2])
+            FaceCrop(face_id=f, data=c[0], width=c[1], height=c[2], aligned=c[3])
             for f, c in zip(face_ids, crops, strict=True)
             if c is not None
         ]
@@ -237,15 +243,15 @@ def insert_templates(
 
 def faces_missing_templates(
     session: Session, *, model_version_id: int, after: int, limit: int, gallery_id: int | None = None
-) -> list[tuple[int, bytes | None]]:
-    """Up to ``limit`` (face id, crop PNG or None) with id > ``after`` that lack a template of the version."""
+) -> list[tuple[int, FaceCrop | None]]:
+    """Up to ``limit`` (face id, stored crop or None) with id > ``after`` lacking a template of the version."""
     has_template = (
         select(Template.face_id)
         .where(Template.face_id == Face.id, Template.model_version_id == model_version_id)
         .exists()
     )
     stmt = (
-        select(Face.id, FaceCrop.data)
+        select(Face.id, FaceCrop)
         .outerjoin(FaceCrop, FaceCrop.face_id == Face.id)
         .where(Face.id > after, ~has_template)
         .order_by(Face.id)
@@ -253,7 +259,7 @@ def faces_missing_templates(
     )
     if gallery_id is not None:
         stmt = stmt.where(Face.gallery_id == gallery_id)
-    return [(int(i), d) for i, d in session.execute(stmt)]
+    return [(int(i), c) for i, c in session.execute(stmt)]
 
 
 def count_faces_missing_templates(session: Session, *, model_version_id: int, with_crop: bool | None = None) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -132,6 +134,8 @@ class Face(Base):
     # Denormalised from the identity so that an index rebuild is one range scan.
     gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), index=True)
     image_sha256: Mapped[str] = mapped_column(String(64))
+    # Detector, box, landmarks, score and quality measures in the source image; null without detection.
+    detection: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     identity: Mapped[Identity] = relationship(back_populates="faces")
@@ -159,6 +163,8 @@ class FaceCrop(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
+    # True: aligned to service.faces.CANONICAL (any model's framing can be cut from it); False: whole image.
+    aligned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ReindexJob(Base):

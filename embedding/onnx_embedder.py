@@ -1,0 +1,400 @@
+"""ONNX models: export of facedb model files, an onnxruntime `Embedder`, and the `load_embedder` factory.
+
+Our card travels inside the ONNX file as `metadata_props`:
+
+- `facedb.card`: the `ModelCard` JSON;
+- `facedb.graph_sha256`: sha256 of the serialised graph (weights included, metadata excluded). On
+  load it must match the graph, so a card can never describe other weights than the ones it sits on.
+
+Versions: a model exported from a facedb `.pt` keeps the card version of that file (same weights, same
+embeddings to float precision). A foreign ONNX model (no card) gets version = the first 12 hex digits of
+its graph hash; `facedb calibrate` only writes metadata, so calibrating never changes a version.
+
+Foreign models (e.g. InsightFace's) are read with the InsightFace convention: RGB, 112x112 unless the
+graph fixes another size, (x - 127.5) / 127.5 (= (x / 255 - 0.5) / 0.5), output dimension from the
+graph. **Thresholds are not guessed**: a cosine threshold is a property of one model's embedding
+space, and a wrong default silently accepts impostors (too low) or rejects everyone (too high). A model
+without calibrated thresholds (empty `card.thresholds`, which every foreign model starts with) is
+refused by `OnnxEmbedder.load` and by `load_embedder` with a `ModelLoadError` saying how to calibrate;
+evaluation and calibration open it with `allow_uncalibrated=True`. The uncalibrated card carries
+`default_threshold = 1.0` (nothing but identical embeddings would match) only to fill the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from embedding.card import InputSpec, ModelCard
+from embedding.checkpoint import load_checkpoint
+from embedding.embedder import Embedder, TorchEmbedder
+from embedding.errors import ModelLoadError
+from embedding.preprocess import to_model_input
+
+CARD_KEY: Final = "facedb.card"
+GRAPH_HASH_KEY: Final = "facedb.graph_sha256"
+_INSIGHTFACE: dict[str, object] = {"height": 112, "width": 112, "channels": 3, "mean": 0.5, "std": 0.5}
+if "face_template" in InputSpec.model_fields:  # ArcFace 5-point alignment, where the card supports templates
+    _INSIGHTFACE["face_template"] = "arcface_112"
+INSIGHTFACE_INPUT: Final = InputSpec.model_validate(_INSIGHTFACE)
+"""Input convention assumed for ONNX models without a facedb card (InsightFace recognition models):
+112x112 RGB, (x - 127.5) / 127.5, ArcFace-aligned crops."""
+UNCALIBRATED_THRESHOLD: Final = 1.0
+TORCH_SUFFIXES: Final = frozenset({".pt", ".pth"})
+ONNX_SUFFIXES: Final = frozenset({".onnx"})
+
+
+def _uncalibrated_message(source: str) -> str:
+    return (
+        f"{source}: the model has no calibrated thresholds; run `facedb calibrate {source} --pairs PAIRS.txt "
+        "--far 1e-3 --out CALIBRATED` and serve the calibrated file"
+    )
+
+
+def graph_sha256(model: Any) -> str:
+    """sha256 hex digest of an `onnx.ModelProto`'s graph (weights included, metadata_props excluded)."""
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _metadata(model: Any) -> dict[str, str]:
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def _set_metadata(model: Any, values: dict[str, str]) -> None:
+    """Replace/add `metadata_props` entries of an `onnx.ModelProto`."""
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    for key, value in [*keep, *values.items()]:
+        prop = model.metadata_props.add()
+        prop.key = key
+        prop.value = value
+
+
+def _static_dims(value_info: Any) -> list[int | None]:
+    """Dimensions of a graph input/output: int when fixed, None when symbolic or unknown."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+
+
+def read_onnx_card(model: Any, source: str) -> ModelCard | None:
+    """The facedb card stored in an `onnx.ModelProto`, verified against its graph; None if it has none.
+
+    Raises `ModelLoadError` if the card is invalid or the graph changed since the card was written.
+    """
+    meta = _metadata(model)
+    if CARD_KEY not in meta:
+        return None
+    try:
+        card = ModelCard.model_validate_json(meta[CARD_KEY])
+    except ValueError as exc:
+        raise ModelLoadError(f"{source}: invalid facedb card in the ONNX metadata: {exc}") from exc
+    recorded = meta.get(GRAPH_HASH_KEY)
+    if recorded != graph_sha256(model):
+        raise ModelLoadError(f"{source}: the ONNX graph does not match its facedb card (weights changed?)")
+    return card
+
+
+def foreign_card(model: Any, source: str) -> ModelCard:
+    """An uncalibrated card for an ONNX model without one (InsightFace convention, see module doc)."""
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1 or len(graph.output) < 1:
+        raise ModelLoadError(f"{source}: expected one image input and an embedding output, found {len(inputs)} inputs")
+    dims = _static_dims(inputs[0])
+    if len(dims) != 4 or dims[1] not in (None, 3):
+        raise ModelLoadError(f"{source}: expected an (N, 3, H, W) input, found {dims}")
+    height = dims[2] or INSIGHTFACE_INPUT.height
+    width = dims[3] or INSIGHTFACE_INPUT.width
+    out_dims = _static_dims(graph.output[0])
+    dim = out_dims[-1] if len(out_dims) == 2 and out_dims[-1] else 0
+    return ModelCard(
+        name=Path(source).stem,
+        version=graph_sha256(model)[:12],
+        arch="onnx",
+        arch_params={"input": inputs[0].name, "output": graph.output[0].name, "source": Path(source).name},
+        embedding_dim=dim or 1,  # corrected from a probe run when the graph leaves it symbolic
+        input=INSIGHTFACE_INPUT.model_copy(update={"height": height, "width": width}),
+        training={"note": "foreign ONNX model; training data unknown"},
+        metrics={},
+        thresholds={},
+        default_threshold=UNCALIBRATED_THRESHOLD,
+        default_threshold_far=0.0,
+        notes="UNCALIBRATED foreign ONNX model (InsightFace input convention assumed); run `facedb calibrate`.",
+    )
+
+
+def write_onnx_card(model: Any, card: ModelCard, path: Path) -> None:
+    """Store `card` (and the graph hash) in an `onnx.ModelProto`'s metadata and save it to `path` atomically."""
+    import onnx  # noqa: PLC0415 - heavy; only needed when writing
+
+    _set_metadata(model, {CARD_KEY: card.model_dump_json(), GRAPH_HASH_KEY: graph_sha256(model)})
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save_model(model, str(tmp))
+    tmp.replace(path)
+
+
+def load_onnx_model(path: Path) -> Any:
+    """Read an ONNX file (external data next to it included) as `onnx.ModelProto`; `ModelLoadError` if unreadable."""
+    import onnx  # noqa: PLC0415
+
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError, OSError, ValidationError ...
+        raise ModelLoadError(f"{path}: cannot read ONNX model: {type(exc).__name__}: {exc}") from exc
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's registration warnings (missing torchvision ops) for the duration."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx(model_path: Path, out: Path, *, check_batch: int = 4, min_cosine: float = 0.999) -> ModelCard:
+    """Export a facedb `.pt` model file to a self-contained ONNX file with its card in the metadata.
+
+    The graph has a dynamic batch dimension, input `input` float32 (N, C, H, W) and output `embedding`
+    float32 (N, D) (not normalised, like the backbone). The export is checked with onnxruntime on
+    `check_batch` random inputs: every row must have cosine >= `min_cosine` with PyTorch's.
+
+    Returns the card written (the `.pt` card, same version). Raises `ModelLoadError` on failure.
+    """
+    import onnxruntime as ort  # noqa: PLC0415
+
+    model, card = load_checkpoint(model_path)
+    spec = card.input
+    example = torch.randn(
+        max(2, check_batch), spec.channels, spec.height, spec.width, generator=torch.Generator().manual_seed(0)
+    )
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                model,
+                (example,),
+                input_names=["input"],
+                output_names=["embedding"],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
+                dynamo=True,
+                verbose=False,
+            )
+    except Exception as exc:  # the exporter raises many types
+        raise ModelLoadError(f"{model_path}: ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    if program is None:
+        raise ModelLoadError(f"{model_path}: ONNX export returned nothing")
+    proto = program.model_proto
+    proto.producer_name = "facedb"
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        expected = F.normalize(model(example), dim=1).numpy()
+    got = np.asarray(session.run(None, {"input": example.numpy()})[0], dtype=np.float32)
+    got /= np.linalg.norm(got, axis=1, keepdims=True)
+    cosine = float((expected * got).sum(axis=1).min())
+    if cosine < min_cosine:
+        raise ModelLoadError(f"{model_path}: ONNX output disagrees with PyTorch (min cosine {cosine:.6f})")
+    write_onnx_card(proto, card, Path(out))
+    return card
+
+
+class OnnxEmbedder:
+    """`Embedder` backed by an ONNX model run by onnxruntime.
+
+    `device`: None picks CUDA when onnxruntime has the CUDA provider, else CPU; "cpu" or "cuda" force
+    one. The file is read lazily on first use; `embed` is thread-safe (onnxruntime sessions are).
+    Models without calibrated thresholds are refused unless `allow_uncalibrated=True` (see module doc).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str | None = None,
+        batch_size: int = 32,
+        allow_uncalibrated: bool = False,
+        threads: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if device not in (None, "cpu", "cuda") and not str(device).startswith("cuda:"):
+            raise ValueError(f"device must be None, 'cpu' or 'cuda[:N]', got {device!r}")
+        self._path = Path(path)
+        self._device = device
+        self._batch_size = batch_size
+        self._allow_uncalibrated = allow_uncalibrated
+        self._threads = threads
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._card: ModelCard | None = None
+        self._checksum: str | None = None
+        self._input_name = ""
+
+    @property
+    def path(self) -> Path:
+        """The model file."""
+        return self._path
+
+    @property
+    def batch_size(self) -> int:
+        """Images per forward pass."""
+        return self._batch_size
+
+    def _providers(self) -> list[Any]:
+        import onnxruntime as ort  # noqa: PLC0415
+
+        available = ort.get_available_providers()
+        if self._device is None:
+            return (
+                ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                if "CUDAExecutionProvider" in available
+                else ["CPUExecutionProvider"]
+            )
+        if self._device == "cpu":
+            return ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" not in available:
+            raise ModelLoadError(
+                f"{self._path}: device {self._device!r} requested but onnxruntime has no CUDA provider"
+            )
+        index = int(self._device.split(":", 1)[1]) if ":" in self._device else 0
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+    def load(self) -> None:
+        """Read and verify the model and start an onnxruntime session once; idempotent, thread-safe.
+
+        Raises `ModelLoadError` for a missing/unreadable file, a card that does not match the graph,
+        an output that does not match the card, or (unless allowed) a model without thresholds.
+        """
+        if self._session is not None:
+            return
+        with self._lock:
+            if self._session is not None:
+                return
+            import onnxruntime as ort  # noqa: PLC0415
+
+            source = str(self._path)
+            try:
+                data = self._path.read_bytes()
+            except OSError as exc:
+                raise ModelLoadError(f"{source}: cannot read model file: {exc}") from exc
+            proto = load_onnx_model(self._path)
+            card = read_onnx_card(proto, source) or foreign_card(proto, source)
+            if not card.thresholds and not self._allow_uncalibrated:
+                raise ModelLoadError(_uncalibrated_message(source))
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self._threads
+            options.log_severity_level = 3
+            providers = self._providers()
+            try:
+                session = ort.InferenceSession(str(self._path), sess_options=options, providers=providers)
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise ModelLoadError(f"{source}: onnxruntime cannot load the model: {exc}") from exc
+            inputs = session.get_inputs()
+            if len(inputs) != 1:
+                raise ModelLoadError(f"{source}: expected one input, found {[i.name for i in inputs]}")
+            self._input_name = inputs[0].name
+            probe = np.zeros((1, card.input.channels, card.input.height, card.input.width), dtype=np.float32)
+            try:
+                out = np.asarray(session.run(None, {self._input_name: probe})[0])
+            except Exception as exc:  # onnxruntime's own types
+                raise ModelLoadError(f"{source}: the model does not accept the card's input spec: {exc}") from exc
+            if out.ndim != 2 or out.shape[0] != 1:
+                raise ModelLoadError(f"{source}: expected an (N, D) output, got shape {out.shape}")
+            if card.arch == "onnx" and card.embedding_dim != out.shape[1] and not card.thresholds:
+                card = card.model_copy(update={"embedding_dim": int(out.shape[1])})
+            if out.shape[1] != card.embedding_dim:
+                raise ModelLoadError(
+                    f"{source}: the model outputs {out.shape[1]}-d embeddings, card says {card.embedding_dim}"
+                )
+            self._checksum = hashlib.sha256(data).hexdigest()
+            self._card = card
+            self._session = session  # published last: other threads test it without the lock
+
+    def _loaded(self) -> tuple[Any, ModelCard, str]:
+        self.load()
+        if self._session is None or self._card is None or self._checksum is None:
+            raise ModelLoadError(f"{self._path}: model is not loaded")
+        return self._session, self._card, self._checksum
+
+    @property
+    def card(self) -> ModelCard:
+        """The model card (loads the model on first access)."""
+        return self._loaded()[1]
+
+    @property
+    def checksum(self) -> str:
+        """sha256 hex digest of the model file bytes (loads the model on first access)."""
+        return self._loaded()[2]
+
+    @property
+    def providers(self) -> list[str]:
+        """onnxruntime execution providers in use (loads the model)."""
+        return list(self._loaded()[0].get_providers())
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 (H, W, 3) RGB images of any sizes -> float32 (N, D) unit rows; (0, D) if N = 0.
+
+        Raises ValueError if an image is not a non-empty uint8 (H, W, 3) array.
+        """
+        session, card, _ = self._loaded()
+        out = np.empty((len(images), card.embedding_dim), dtype=np.float32)
+        for start in range(0, len(images), self._batch_size):
+            batch = to_model_input(images[start : start + self._batch_size], card.input)
+            emb = np.asarray(session.run(None, {self._input_name: batch})[0], dtype=np.float32)
+            norms = np.linalg.norm(emb, axis=1, keepdims=True)
+            out[start : start + len(batch)] = emb / np.maximum(norms, np.float32(1e-12))
+        return out
+
+
+class CalibratedTorchEmbedder(TorchEmbedder):
+    """`TorchEmbedder` that refuses (`ModelLoadError` on load) a model file without calibrated thresholds."""
+
+    def load(self) -> None:
+        """`TorchEmbedder.load`, then require `card.thresholds` to be non-empty."""
+        super().load()
+        card = self._card
+        if card is not None and not card.thresholds:
+            raise ModelLoadError(_uncalibrated_message(str(self.path)))
+
+
+def load_embedder(
+    path: Path, *, device: str | None = None, batch_size: int = 32, allow_uncalibrated: bool = False
+) -> Embedder:
+    """The `Embedder` for a model file, by file type: `.pt`/`.pth` -> TorchEmbedder, `.onnx` -> OnnxEmbedder.
+
+    Nothing is read until the embedder's `load()` (or first use). Unless `allow_uncalibrated`, loading a
+    model whose card has no thresholds raises `ModelLoadError` (a served model must be calibrated).
+    Raises `ModelLoadError` for any other suffix.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in TORCH_SUFFIXES:
+        cls = TorchEmbedder if allow_uncalibrated else CalibratedTorchEmbedder
+        return cls(path, device=device, batch_size=batch_size)
+    if suffix in ONNX_SUFFIXES:
+        return OnnxEmbedder(path, device=device, batch_size=batch_size, allow_uncalibrated=allow_uncalibrated)
+    raise ModelLoadError(
+        f"{path}: unknown model file type {suffix or '(no suffix)'!r}; expected .pt/.pth (facedb) or .onnx"
+    )
+
+
+def card_json(card: ModelCard) -> str:
+    """Pretty JSON of a card (for the CLI)."""
+    return json.dumps(card.model_dump(mode="json"), indent=2)
