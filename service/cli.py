@@ -68,6 +68,19 @@ def _runtime() -> Iterator[Runtime]:
         runtime.close()
 
 
+@contextmanager
+def _database(*, check: bool = False) -> Iterator[Database]:
+    """The configured database (schema checked if ``check``), errors as one line, the pool closed after."""
+    with _clean_errors():
+        db = Database(Settings().resolved_database_url)
+        try:
+            if check:
+                migrate.check_schema(db.engine)
+            yield db
+        finally:
+            db.dispose()
+
+
 def _read(path: Path) -> Upload:
     return Upload(filename=path.name, data=path.read_bytes())
 
@@ -86,51 +99,32 @@ def serve(
     from service.api import create_app  # noqa: PLC0415
 
     settings = Settings()
-    with _clean_errors():
-        db = Database(settings.resolved_database_url)
-        try:
-            migrate.check_schema(db.engine)
-        finally:
-            db.dispose()
+    with _database(check=True):
+        pass
     uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
 
 
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Create or migrate the database schema (the URL comes from FACEDB_DATABASE_URL)."""
-    settings = Settings()
-    with _clean_errors():
-        db = Database(settings.resolved_database_url)
-        try:
-            migrate.upgrade(db.engine, revision)
-            typer.echo(f"database at revision {migrate.current_revision(db.engine)} ({db.engine.url!r})")
-        finally:
-            db.dispose()
+    with _database() as db:
+        migrate.upgrade(db.engine, revision)
+        typer.echo(f"database at revision {migrate.current_revision(db.engine)} ({db.engine.url!r})")
 
 
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, or 'base'.")]) -> None:
     """Migrate the schema down (``base`` removes every table and all data)."""
-    settings = Settings()
-    with _clean_errors():
-        db = Database(settings.resolved_database_url)
-        try:
-            migrate.downgrade(db.engine, revision)
-            typer.echo(f"database at revision {migrate.current_revision(db.engine)}")
-        finally:
-            db.dispose()
+    with _database() as db:
+        migrate.downgrade(db.engine, revision)
+        typer.echo(f"database at revision {migrate.current_revision(db.engine)}")
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Show the schema revision of the database and the one this code needs."""
-    settings = Settings()
-    with _clean_errors():
-        db = Database(settings.resolved_database_url)
-        try:
-            typer.echo(f"database: {migrate.current_revision(db.engine)}  code: {migrate.head_revision(db.engine)}")
-        finally:
-            db.dispose()
+    with _database() as db:
+        typer.echo(f"database: {migrate.current_revision(db.engine)}  code: {migrate.head_revision(db.engine)}")
 
 
 # --- enrolment and search ----------------------------------------------------------------------------
@@ -273,15 +267,8 @@ def inspect(
 
 @contextmanager
 def _admin() -> Iterator[AdminService]:
-    settings = Settings()
-    with _clean_errors():
-        db = Database(settings.resolved_database_url)
-        migrate.check_schema(db.engine)
-    try:
-        with _clean_errors():
-            yield AdminService(db=db, settings=settings)
-    finally:
-        db.dispose()
+    with _database(check=True) as db:
+        yield AdminService(db=db, settings=Settings())
 
 
 def _run_job(admin: AdminService, mv: ModelVersion, *, allow_missing: bool) -> None:
