@@ -19,6 +19,14 @@ from embedding.errors import ModelLoadError
 from embedding.preprocess import to_model_input
 
 
+def uncalibrated_message(source: str) -> str:
+    """Why a model without thresholds is refused for serving, and the command that fixes it."""
+    return (
+        f"{source}: the model has no calibrated thresholds; run `facedb calibrate {source} --pairs PAIRS.txt "
+        "--far 1e-3 --out CALIBRATED` and serve the calibrated file"
+    )
+
+
 def default_model_path() -> Path:
     """Path of the model file shipped with the package, `embedding/models/default.pt`."""
     return Path(__file__).resolve().parent / "models" / "default.pt"
@@ -54,12 +62,17 @@ class TorchEmbedder:
     in batches of `batch_size`, and is safe to call from several threads.
     """
 
-    def __init__(self, path: Path, *, device: str | None = None, batch_size: int = 32) -> None:
+    def __init__(
+        self, path: Path, *, device: str | None = None, batch_size: int = 32, require_thresholds: bool = False
+    ) -> None:
+        """``require_thresholds``: refuse (ModelLoadError) a model whose card has no calibrated thresholds,
+        as a served model must have them."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._path = Path(path)
         self._device = torch.device(device if device is not None else self._default_device())
         self._batch_size = batch_size
+        self._require_thresholds = require_thresholds
         self._lock = threading.Lock()
         self._model: nn.Module | None = None
         self._card: ModelCard | None = None
@@ -100,6 +113,8 @@ class TorchEmbedder:
             except OSError as exc:
                 raise ModelLoadError(f"{self._path}: cannot read model file: {exc}") from exc
             model, card = load_checkpoint_bytes(data, source=str(self._path))
+            if self._require_thresholds and not card.thresholds:
+                raise ModelLoadError(uncalibrated_message(str(self._path)))
             model = model.to(self._device).eval()
             self._checksum = hashlib.sha256(data).hexdigest()
             self._card = card

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from embedding.card import InputSpec, ModelCard
 from embedding.checkpoint import load_checkpoint
-from embedding.embedder import Embedder, TorchEmbedder
+from embedding.embedder import Embedder, TorchEmbedder, uncalibrated_message
 from embedding.errors import ModelLoadError
 from embedding.preprocess import to_model_input
 
@@ -53,13 +53,6 @@ INSIGHTFACE_INPUT: Final = InputSpec.model_validate(_INSIGHTFACE)
 UNCALIBRATED_THRESHOLD: Final = 1.0
 TORCH_SUFFIXES: Final = frozenset({".pt", ".pth"})
 ONNX_SUFFIXES: Final = frozenset({".onnx"})
-
-
-def _uncalibrated_message(source: str) -> str:
-    return (
-        f"{source}: the model has no calibrated thresholds; run `facedb calibrate {source} --pairs PAIRS.txt "
-        "--far 1e-3 --out CALIBRATED` and serve the calibrated file"
-    )
 
 
 def graph_sha256(model: Any) -> str:
@@ -297,7 +290,7 @@ class OnnxEmbedder:
             proto = load_onnx_model(self._path)
             card = read_onnx_card(proto, source) or foreign_card(proto, source)
             if not card.thresholds and not self._allow_uncalibrated:
-                raise ModelLoadError(_uncalibrated_message(source))
+                raise ModelLoadError(uncalibrated_message(source))
             options = ort.SessionOptions()
             options.intra_op_num_threads = self._threads
             options.log_severity_level = 3
@@ -363,17 +356,6 @@ class OnnxEmbedder:
         return out
 
 
-class CalibratedTorchEmbedder(TorchEmbedder):
-    """`TorchEmbedder` that refuses (`ModelLoadError` on load) a model file without calibrated thresholds."""
-
-    def load(self) -> None:
-        """`TorchEmbedder.load`, then require `card.thresholds` to be non-empty."""
-        super().load()
-        card = self._card
-        if card is not None and not card.thresholds:
-            raise ModelLoadError(_uncalibrated_message(str(self.path)))
-
-
 def load_embedder(
     path: Path, *, device: str | None = None, batch_size: int = 32, allow_uncalibrated: bool = False
 ) -> Embedder:
@@ -386,8 +368,7 @@ def load_embedder(
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in TORCH_SUFFIXES:
-        cls = TorchEmbedder if allow_uncalibrated else CalibratedTorchEmbedder
-        return cls(path, device=device, batch_size=batch_size)
+        return TorchEmbedder(path, device=device, batch_size=batch_size, require_thresholds=not allow_uncalibrated)
     if suffix in ONNX_SUFFIXES:
         return OnnxEmbedder(path, device=device, batch_size=batch_size, allow_uncalibrated=allow_uncalibrated)
     raise ModelLoadError(
