@@ -16,6 +16,7 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from embedding.detect import DlibDetector
 from service.api import create_app
 from service.db import migrate
 from service.db.engine import Database
@@ -129,6 +130,20 @@ def image_bytes(seed: int, size: tuple[int, int] = (92, 112), fmt: str = "PNG", 
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return buf.getvalue()
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as uint8 (H, W, 3) RGB."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def detector() -> DlibDetector:
+    """One loaded HOG + 68-point detector for the whole run (loading its models takes about a second)."""
+    det = DlibDetector()
+    det.load()
+    return det
 
 
 def att_image(subject: int, index: int) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,19 +22,9 @@ from embedding.align import (
 )
 from embedding.card import InputSpec
 from embedding.detect import DlibDetector
-from tests.conftest import DATA_ROOT, require_data
+from tests.conftest import DATA_ROOT, read_rgb, require_data
 
 SEED = 20240611
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def detector() -> DlibDetector:
-    return DlibDetector()
 
 
 def similarity(scale: float, angle_deg: float, tx: float, ty: float) -> np.ndarray:

@@ -11,26 +11,14 @@ import pytest
 from PIL import Image
 
 from embedding.detect import LANDMARK_NAMES, DetectedFace, Detector, DlibDetector, as_rgb
-from tests.conftest import DATA_ROOT, require_data
+from tests.conftest import DATA_ROOT, read_rgb, require_data
 
 SEED = 20240611
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def sample(pattern_root: str, pattern: str, n: int) -> list[Path]:
     files = sorted(require_data(DATA_ROOT / pattern_root).glob(pattern))
     return random.Random(SEED).sample(files, min(n, len(files)))
-
-
-@pytest.fixture(scope="module")
-def detector() -> DlibDetector:
-    det = DlibDetector()
-    det.load()
-    return det
 
 
 def two_faces() -> np.ndarray:

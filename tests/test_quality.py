@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,19 +25,9 @@ from embedding.quality import (
     pose_from_landmarks,
     sharpness_of,
 )
-from tests.conftest import DATA_ROOT, require_data
+from tests.conftest import DATA_ROOT, read_rgb, require_data
 
 SEED = 20240611
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def detector() -> DlibDetector:
-    return DlibDetector()
 
 
 @pytest.fixture(scope="module")
