@@ -106,8 +106,6 @@ class DetectorPool:
 
     def load(self) -> None:
         """Load every detector's models now rather than on the first request."""
-        with self._one() as first:
-            first.load()
         for detector in list(self._free.queue):
             detector.load()
 
