@@ -94,6 +94,24 @@ height, eye-to-mouth 29.0% of the height, inter-eye distance 35.9% of the width 
 TEMPLATES: Final[dict[str, FaceTemplate]] = {t.name: t for t in (ARCFACE_112, HEAD_92x112)}
 """Every built-in template by name."""
 
+_CANONICAL_SIZE: Final = 256
+_CANONICAL_EYE_PX: Final = 64.0
+
+
+def _canonical() -> FaceTemplate:
+    head = HEAD_92x112.continuous_points()
+    scale = _CANONICAL_EYE_PX / float(np.linalg.norm(head[1] - head[0]))
+    width, height = HEAD_92x112.size[0] * scale, HEAD_92x112.size[1] * scale
+    offset = np.array([(_CANONICAL_SIZE - width) / 2, (_CANONICAL_SIZE - height) / 2])
+    return FaceTemplate(
+        name="canonical_256", size=(_CANONICAL_SIZE, _CANONICAL_SIZE), points=head * scale + offset - 0.5
+    )
+
+
+CANONICAL: Final = _canonical()
+"""The framing faces are stored and prepared in: HEAD_92x112 scaled to 64 px between the eyes, centred in
+256x256 (the whole head with a margin), so that any model's own template can be cut from it."""
+
 
 def template_for_spec(spec: InputSpec) -> FaceTemplate:
     """The template to align faces to for a model with this input spec.
@@ -243,3 +261,17 @@ def eye_error(landmarks: np.ndarray, template: FaceTemplate, size: tuple[int, in
     matrix = alignment_matrix(landmarks, template=template, size=size)
     mapped = transform_points(np.asarray(landmarks, dtype=np.float64)[:2], matrix)
     return float(np.linalg.norm(mapped - template.continuous_points(size)[:2], axis=1).mean())
+
+
+def canonical_crop(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """uint8 (256, 256, 3) face aligned to `CANONICAL` from an image and its float (5, 2) landmarks."""
+    return align_face(image, landmarks, template=CANONICAL)
+
+
+def model_crop(canonical: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Cut a model's own framing (`template_for_spec(spec)`) from a `CANONICAL` crop -> uint8 (h, w, 3).
+
+    This second similarity transform is the one place every path (training, evaluation, serving, re-indexing)
+    goes from the stored crop to the model's face template.
+    """
+    return align_face(canonical, CANONICAL.continuous_points(), template=template_for_spec(spec))

@@ -20,7 +20,8 @@ import typer
 from embedding.card import ModelCard
 from embedding.checkpoint import load_checkpoint, save_checkpoint
 from embedding.data import (
-    FRAMINGS,
+    DETECT,
+    FRAMING_NAMES,
     AugmentConfig,
     DatasetSpec,
     Pair,
@@ -68,6 +69,10 @@ def embed_paths(
     """Decode, frame and embed image files in chunks -> float32 (N, D) unit rows."""
     from tqdm import tqdm  # noqa: PLC0415
 
+    if framing == DETECT:
+        crops = load_rgb_images(paths, framing, spec=embedder.card.input, progress=progress)
+        parts = [embedder.embed(crops[i : i + chunk]) for i in range(0, len(crops), chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, embedder.card.embedding_dim), np.float32)
     parts = [
         embedder.embed(load_rgb_images(paths[i : i + chunk], framing))
         for i in tqdm(range(0, len(paths), chunk), desc="embed", leave=False, disable=not progress)
@@ -305,8 +310,8 @@ def _clean_errors() -> Iterator[None]:
 
 
 def _check_framing(name: str) -> str:
-    if name not in FRAMINGS:
-        raise typer.BadParameter(f"unknown framing {name!r}; known: {sorted(FRAMINGS)}")
+    if name not in FRAMING_NAMES:
+        raise typer.BadParameter(f"unknown framing {name!r}; known: {sorted(FRAMING_NAMES)}")
     return name
 
 
@@ -316,7 +321,8 @@ def train_command(
         typer.Option(
             "--data",
             help="Training set PATH[:FRAMING] (one folder per identity); repeatable. "
-            "FRAMING none|lfw|yaleb, guessed from the path when omitted.",
+            "FRAMING none|lfw|yaleb (fixed crops) or detect (detect + align, the serving path), guessed from "
+            "the path when omitted.",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.pt).")],
@@ -328,6 +334,14 @@ def train_command(
     width: Annotated[int, typer.Option(help="Input width.")] = 52,
     channels: Annotated[int, typer.Option(help="1 (grey) or 3 (RGB).")] = 1,
     embedding_dim: Annotated[int | None, typer.Option(help="Embedding size (backbone default if unset).")] = None,
+    face_template: Annotated[
+        str | None, typer.Option(help="Aligned crop for framing 'detect': arcface_112 or head_92x112.")
+    ] = None,
+    distill: Annotated[
+        str | None, typer.Option(help="Distil from a teacher beside the margin head: dlib (needs framing detect).")
+    ] = None,
+    distill_weight: Annotated[float, typer.Option(help="Weight of the distillation loss.")] = 20.0,
+    workers: Annotated[int, typer.Option(help="Processes for detection/alignment of framing 'detect'.")] = 2,
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
     optimizer: Annotated[str, typer.Option(help="sgd (Nesterov) or adam.")] = "sgd",
@@ -373,7 +387,7 @@ def train_command(
         if exclude_lfw_folds:
             held_folds = parse_folds(exclude_lfw_folds)
             if pairs_path is None:
-                candidates = [s.root.parent / "pairs.txt" for s in specs if s.framing == "lfw"]
+                candidates = [s.root.parent / "pairs.txt" for s in specs if s.framing in ("lfw", DETECT)]
                 pairs_path = next((c for c in candidates if c.exists()), None)
                 if pairs_path is None:
                     raise ValueError("--exclude-lfw-folds needs --lfw-pairs (no lfw/pairs.txt beside the --data sets)")
@@ -387,6 +401,10 @@ def train_command(
             raise ValueError(f"--channels must be 1 or 3, got {channels}")
         if optimizer not in ("sgd", "adam"):
             raise ValueError(f"--optimizer must be sgd or adam, got {optimizer!r}")
+        if face_template not in (None, "arcface_112", "head_92x112"):
+            raise ValueError(f"--face-template must be arcface_112 or head_92x112, got {face_template!r}")
+        if distill not in (None, "dlib"):
+            raise ValueError(f"--distill must be dlib, got {distill!r}")
         config = TrainConfig(
             data=specs,
             out=out,
@@ -399,6 +417,12 @@ def train_command(
             width=width,
             channels=1 if channels == 1 else 3,
             embedding_dim=embedding_dim,
+            face_template="arcface_112"
+            if face_template == "arcface_112"
+            else ("head_92x112" if face_template == "head_92x112" else None),
+            distill="dlib" if distill == "dlib" else None,
+            distill_weight=distill_weight,
+            workers=workers,
             epochs=epochs,
             batch_size=batch_size,
             optimizer="sgd" if optimizer == "sgd" else "adam",
@@ -444,7 +468,7 @@ def evaluate_command(
     pairs: Annotated[Path | None, typer.Option(help="LFW-format pairs file (verification).")] = None,
     images: Annotated[Path | None, typer.Option(help="Image folder for --pairs (default: images/ beside it).")] = None,
     folds: Annotated[str | None, typer.Option(help="Only these folds, e.g. 7,8,9.")] = None,
-    framing: Annotated[str, typer.Option(help="Framing of the pair images: none|lfw|yaleb.")] = "lfw",
+    framing: Annotated[str, typer.Option(help="Framing of the pair images: none|lfw|yaleb|detect.")] = "lfw",
     roc_png: Annotated[Path | None, typer.Option(help="Write the ROC curve as PNG.")] = None,
     identification: Annotated[Path | None, typer.Option(help="One-folder-per-identity set for identification.")] = None,
     identification_framing: Annotated[str, typer.Option(help="Framing of the identification images.")] = "none",
@@ -493,7 +517,7 @@ def calibrate_command(
     images: Annotated[Path | None, typer.Option(help="Image folder for --pairs.")] = None,
     folds: Annotated[str | None, typer.Option(help="Only these folds, e.g. 7,8,9.")] = None,
     impostors: Annotated[str, typer.Option(help="all (cross-identity pairs of the images) or pairs.")] = "all",
-    framing: Annotated[str, typer.Option(help="Framing of the pair images: none|lfw|yaleb.")] = "lfw",
+    framing: Annotated[str, typer.Option(help="Framing of the pair images: none|lfw|yaleb|detect.")] = "lfw",
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
 ) -> None:
     """Measure thresholds at target FARs and write them (and the default threshold) into the card."""

@@ -3,8 +3,9 @@
 Moved here from `scripts/train_dev_model.py` (which trained the shipped default model) so that
 `facedb train` / `facedb evaluate` prepare data exactly the same way:
 
-- images are decoded with the service's decoder (`embedding.image.decode_image`), *framed* (a fixed
-  per-data-set crop standing in for the face detector that serving does not have yet), passed through
+- images are decoded with the service's decoder (`embedding.image.decode_image`), *framed* (either the
+  serving path, "detect": detection and alignment, see `embedding.faceset`; or a fixed per-data-set crop,
+  "lfw" / "yaleb", as the first interim model was trained), passed through
   `embedding.preprocess.to_model_input` and kept in memory as float32 (N, C, H, W), optionally cached
   in a `.npy` file keyed by the input spec, framing and file list;
 - augmentation works on those normalised tensors (`augment`).
@@ -83,6 +84,13 @@ def frame_yaleb(rgb: np.ndarray) -> np.ndarray:
 FRAMINGS: Final[dict[str, Framing]] = {"none": frame_none, "lfw": frame_lfw, "yaleb": frame_yaleb}
 """Framing by name: "none" (whole image), "lfw" (deep-funneled LFW box), "yaleb" (Extended Yale B)."""
 
+DETECT: Final = "detect"
+"""Framing name of the serving path: detect, align to `CANONICAL`, cut the model's template
+(`embedding.faceset.align_files`). It depends on the model's input spec, so it is not in `FRAMINGS`."""
+
+FRAMING_NAMES: Final = (*FRAMINGS, DETECT)
+"""Every framing a data set or evaluation may name."""
+
 
 def guess_framing(root: Path) -> str:
     """Framing name for a data-set folder from its path: LFW -> "lfw", Extended Yale B -> "yaleb", else "none"."""
@@ -109,7 +117,7 @@ class DatasetSpec:
     def parse(text: str) -> DatasetSpec:
         """`PATH` or `PATH:FRAMING` (framing guessed from the path when omitted); name = folder name."""
         head, sep, tail = text.rpartition(":")
-        path_text, framing = (head, tail) if sep and tail in FRAMINGS else (text, "")
+        path_text, framing = (head, tail) if sep and tail in FRAMING_NAMES else (text, "")
         root = Path(path_text)
         framing = framing or guess_framing(root)
         name = root.parent.name if root.name == "images" else root.name
@@ -227,8 +235,24 @@ def prepare_inputs(
     return out
 
 
-def load_rgb_images(paths: Sequence[Path], framing: str = "none", *, progress: bool = False) -> list[np.ndarray]:
-    """Decode and frame images for an `Embedder`: list of uint8 (H, W, 3) RGB arrays."""
+def load_rgb_images(
+    paths: Sequence[Path],
+    framing: str = "none",
+    *,
+    spec: InputSpec | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """Decode and frame images for an `Embedder`: list of uint8 (H, W, 3) RGB arrays.
+
+    Framing "detect" needs the model's `spec` (its face template) and returns the aligned model crops.
+    """
+    if framing == DETECT:
+        if spec is None:
+            raise ValueError('framing "detect" needs the model\'s input spec')
+        from embedding.faceset import align_files  # noqa: PLC0415 - dlib on demand
+
+        return list(align_files(paths, spec, cache_dir=cache_dir, desc="eval", progress=progress).crops)
     frame = FRAMINGS[framing]
     return [frame(read_rgb(p)) for p in tqdm(paths, desc="decode", leave=False, disable=not progress)]
 

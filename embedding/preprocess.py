@@ -63,7 +63,7 @@ def to_model_input(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
 
     Args:
         images: RGB uint8 arrays of shape (H, W, 3); sizes may differ. The whole image is treated
-            as the face (face detection/alignment is not done here yet).
+            as the face: detection and alignment come before (`embedding.align.model_crop`).
         spec: the model's `InputSpec` (crop/resize, channels, normalisation).
 
     Returns:

@@ -1,8 +1,11 @@
 """Training a face embedder with a margin head: the engine behind `facedb train`.
 
-Data: one or more one-folder-per-identity sets (`embedding.data.DatasetSpec`), decoded, framed and
-preprocessed once with the model's `InputSpec` (the serving path) and kept in memory; augmentation
-(`embedding.data.augment`) runs on those tensors. Backbone and head are built by name from the
+Data: one or more one-folder-per-identity sets (`embedding.data.DatasetSpec`), decoded, framed (framing
+"detect" is the serving path: detect, align, cut the model's face template) and preprocessed once with the
+model's `InputSpec`, and kept in memory; augmentation (`embedding.data.augment`) runs on those tensors.
+Optional knowledge distillation (`distill="dlib"`): the teacher's embedding of each detected face
+(`embedding.teacher`) is a target for the student's own embedding, `distill_weight * (1 - cos)`, added to
+the margin head's cross-entropy. Backbone and head are built by name from the
 registries. SGD (Nesterov) or Adam, linear warm-up then cosine decay, weight decay on weights only,
 AMP (float16 autocast + GradScaler) on CUDA, fixed seeds, a resumable state file written after every
 epoch (`<out>.state`), and one model file at the end via `save_checkpoint` whose card records the
@@ -21,6 +24,7 @@ import math
 import platform
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +39,19 @@ from tqdm import tqdm
 from embedding.backbones import build_backbone
 from embedding.card import InputSpec, ModelCard
 from embedding.checkpoint import save_checkpoint
-from embedding.data import AugmentConfig, DatasetSpec, augment, list_identity_folder, prepare_inputs, select_images
+from embedding.data import (
+    DETECT,
+    AugmentConfig,
+    DatasetSpec,
+    augment,
+    list_identity_folder,
+    prepare_inputs,
+    select_images,
+)
+from embedding.faceset import align_files
 from embedding.heads import build_head
+from embedding.preprocess import to_model_input
+from embedding.teacher import TEACHER_DIM, TEACHER_NAME
 
 
 class TrainingError(RuntimeError):
@@ -60,6 +75,7 @@ class TrainConfig:
     mean: float = 0.5
     std: float = 0.5
     resize: Literal["stretch", "center_crop"] = "center_crop"
+    face_template: Literal["head_92x112", "arcface_112"] | None = None
     embedding_dim: int | None = None
     epochs: int = 20
     batch_size: int = 128
@@ -77,6 +93,9 @@ class TrainConfig:
     min_images: int = 2
     max_images: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    distill: Literal["dlib"] | None = None
+    distill_weight: float = 20.0
+    workers: int = 2
     cache_dir: Path | None = None
     resume: bool = False
     progress: bool = True
@@ -91,6 +110,7 @@ class TrainConfig:
             mean=self.mean,
             std=self.std,
             resize=self.resize,
+            face_template=self.face_template,
         )
 
     @property
@@ -100,7 +120,7 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         """Hash of the settings a resumed run must share (everything but epochs, resume, progress, out, device)."""
-        skip = {"epochs", "resume", "progress", "out", "device", "threads", "cache_dir"}
+        skip = {"epochs", "resume", "progress", "out", "device", "threads", "cache_dir", "workers"}
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         return hashlib.sha256(json.dumps(values, default=_jsonable, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -125,58 +145,104 @@ def _jsonable(value: object) -> object:
 
 @dataclass
 class TrainData:
-    """Prepared training data: float32 (N, C, H, W) inputs, int64 (N,) labels and provenance."""
+    """Prepared training data and provenance.
+
+    inputs: float32 (N, C, H, W); labels: int64 (N,), -1 = no class (an image used for distillation only);
+    teacher: float32 (N, 128) unit teacher embeddings and teacher_mask: bool (N,) where a row is valid, or None.
+    """
 
     inputs: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
     sources: dict[str, dict[str, Any]]
     held_out: list[str]
+    teacher: torch.Tensor | None = None
+    teacher_mask: torch.Tensor | None = None
 
 
 def load_train_data(config: TrainConfig) -> TrainData:
-    """List, filter and preprocess every training image of `config.data` (see module doc)."""
+    """List, filter and preprocess every training image of `config.data` (see module doc).
+
+    Data sets with framing "detect" go through the serving path (`embedding.faceset.align_files`). With
+    `config.distill`, every data set must use it; images of identities with fewer than `min_images` images
+    are then kept for the distillation loss alone (label -1) rather than dropped.
+    """
     spec = config.input_spec
-    paths: list[Path] = []
-    framings: list[str] = []
-    labels_text: list[str] = []
+    chunks: list[np.ndarray] = []
+    labels_text: list[str | None] = []
+    teacher_rows: list[np.ndarray] = []
+    teacher_masks: list[np.ndarray] = []
     sources: dict[str, dict[str, Any]] = {}
     held_out: set[str] = set()
     for dataset in config.data:
+        if config.distill and dataset.framing != DETECT:
+            raise TrainingError(
+                f"--distill needs framing 'detect' for every data set; {dataset.root} has {dataset.framing!r}"
+            )
         try:
             listed = list_identity_folder(dataset)
         except FileNotFoundError as exc:
             raise TrainingError(str(exc)) from exc
+        detect = dataset.framing == DETECT
         selection = select_images(
-            listed, exclude=config.exclude_identities, min_images=config.min_images, framing=dataset.framing
+            listed,
+            exclude=config.exclude_identities,
+            min_images=1 if config.distill else config.min_images,
+            framing=dataset.framing,
         )
         held_out.update(selection.excluded)
-        identities = {image.label for image in selection.images}
-        sources[dataset.name] = {
+        counts = Counter(image.label for image in selection.images)
+        labelled = {name for name, n in counts.items() if n >= config.min_images}
+        paths = [image.path for image in selection.images]
+        record: dict[str, Any] = {
             "root": str(dataset.root),
             "framing": dataset.framing,
-            "identities": len(identities),
+            "identities": len(labelled),
             "images": len(selection.images),
             "excluded_identities": len(selection.excluded),
-            "identities_with_too_few_images": len(selection.too_few_images),
+            "identities_with_too_few_images": len(selection.too_few_images) + len(counts) - len(labelled),
             "images_of_other_size_skipped": selection.wrong_size,
         }
-        paths.extend(image.path for image in selection.images)
-        framings.extend(dataset.framing for _ in selection.images)
-        labels_text.extend(image.label for image in selection.images)
-    if not paths:
+        if detect:
+            aligned = align_files(
+                paths,
+                spec,
+                teacher=config.distill is not None,
+                workers=config.workers,
+                cache_dir=config.cache_dir,
+                desc=dataset.name,
+                progress=config.progress,
+            )
+            chunks.extend(to_model_input(list(aligned.crops[i : i + 512]), spec) for i in range(0, len(aligned), 512))
+            record["faces_detected"] = int(aligned.detected.sum())
+            record["images_unlabelled_distill_only"] = sum(counts[name] for name in counts if name not in labelled)
+            if aligned.teacher is not None:
+                teacher_rows.append(aligned.teacher)
+                teacher_masks.append(aligned.detected)
+        else:
+            chunks.append(
+                prepare_inputs(
+                    paths, dataset.framing, spec, cache_dir=config.cache_dir, desc="train", progress=config.progress
+                )
+            )
+        labels_text.extend(image.label if image.label in labelled else None for image in selection.images)
+        sources[dataset.name] = record
+    if not labels_text:
         raise TrainingError("no training images left after exclusions")
-    class_names = sorted(set(labels_text))
+    class_names = sorted({name for name in labels_text if name is not None})
     if len(class_names) < 2:
         raise TrainingError(f"need at least 2 identities to train, found {len(class_names)}")
-    inputs = prepare_inputs(paths, framings, spec, cache_dir=config.cache_dir, desc="train", progress=config.progress)
     index = {name: i for i, name in enumerate(class_names)}
-    labels = torch.tensor([index[name] for name in labels_text], dtype=torch.int64)
-    tensor = torch.from_numpy(inputs)
+    labels = torch.tensor([index[name] if name is not None else -1 for name in labels_text], dtype=torch.int64)
+    tensor = torch.from_numpy(np.concatenate(chunks))
+    teacher = torch.from_numpy(np.concatenate(teacher_rows)) if teacher_rows else None
+    mask = torch.from_numpy(np.concatenate(teacher_masks)) if teacher_masks else None
     if config.max_images and config.max_images < len(labels):
         keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed))[: config.max_images]
         tensor, labels = tensor[keep], labels[keep]
-    return TrainData(tensor, labels, class_names, sources, sorted(held_out))
+        teacher = teacher[keep] if teacher is not None else None
+        mask = mask[keep] if mask is not None else None
+    return TrainData(tensor, labels, class_names, sources, sorted(held_out), teacher, mask)
 
 
 def param_groups(modules: Sequence[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
@@ -256,6 +322,8 @@ def train(config: TrainConfig, *, on_epoch: EpochCallback | None = None) -> Trai
     gen = seed_everything(config.seed)
     data = load_train_data(config)
     model, arch_params, dim = build_model(config)
+    if data.teacher is not None and dim != TEACHER_DIM:
+        raise TrainingError(f"--distill matches the teacher's {TEACHER_DIM}-d embedding; the backbone gives {dim}-d")
     try:
         head = build_head(config.head, dim, len(data.class_names), **config.head_params)
     except (KeyError, TypeError, ValueError) as exc:
@@ -295,7 +363,8 @@ def train(config: TrainConfig, *, on_epoch: EpochCallback | None = None) -> Trai
         model.train()
         head.train()
         order = torch.randperm(len(data.labels), generator=gen)
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen, labelled = 0.0, 0, 0, 0
+        distill_sum, distill_seen = 0.0, 0
         bar = tqdm(
             range(steps_per_epoch),
             desc=f"epoch {epoch}/{config.epochs}",
@@ -310,28 +379,40 @@ def train(config: TrainConfig, *, on_epoch: EpochCallback | None = None) -> Trai
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, config.lr)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                embeddings = model(x)
-            logits = head(embeddings.float(), y)
-            loss = F.cross_entropy(logits, y)
+                embeddings = model(x).float()
+            has_class = y >= 0
+            logits = head(embeddings[has_class], y[has_class])
+            loss = F.cross_entropy(logits, y[has_class]) if len(logits) else embeddings.sum() * 0.0
+            if data.teacher is not None and data.teacher_mask is not None:
+                valid = data.teacher_mask[idx].to(device)
+                if bool(valid.any()):
+                    target = data.teacher[idx].to(device)[valid]
+                    distill = (1.0 - F.cosine_similarity(embeddings[valid], target, dim=1)).mean()
+                    loss = loss + config.distill_weight * distill
+                    distill_sum += float(distill.detach()) * int(valid.sum())
+                    distill_seen += int(valid.sum())
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {float(loss)} at epoch {epoch}, step {step}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             step += 1
             loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            correct += int((logits.argmax(1) == y[has_class]).sum())
             seen += len(y)
+            labelled += int(has_class.sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
         model.eval()
         record: dict[str, float] = {
             "epoch": epoch,
             "loss": loss_sum / seen,
-            "train_acc": correct / seen,
+            "train_acc": correct / max(1, labelled),
             "lr": lr_at(step - 1, total_steps, warmup, config.lr),
             "minutes": (time.time() - started) / 60,
         }
+        if distill_seen:
+            record["distill_cos"] = 1.0 - distill_sum / distill_seen
         if on_epoch is not None:
             on_epoch(epoch, model, record)
         history.append(record)
@@ -412,6 +493,16 @@ def _training_record(
         "images": len(data.labels),
         "held_out": {"rule": config.exclude_rule or "none", "identities": data.held_out},
         "head": {"type": config.head, **config.head_params, "class": type(head).__name__},
+        "distillation": (
+            {
+                "teacher": TEACHER_NAME,
+                "loss": "distill_weight * mean(1 - cos(student, teacher)) beside the margin head's cross-entropy",
+                "weight": config.distill_weight,
+                "images_with_target": int(data.teacher_mask.sum()) if data.teacher_mask is not None else 0,
+            }
+            if config.distill
+            else None
+        ),
         "augmentation": config.augment.describe(config.channels),
         "history": history,
         "train_minutes": round(seconds / 60, 2),

@@ -20,26 +20,9 @@ import numpy as np
 from PIL import Image
 
 from embedding import InputSpec, decode_image
-from embedding.align import FaceTemplate, HEAD_92x112, align_face, template_for_spec
+from embedding.align import canonical_crop, model_crop
 from embedding.detect import DetectedFace, DlibDetector
 from embedding.quality import QualityReport
-
-_CANONICAL_SIZE = 256
-_CANONICAL_EYE_PX = 64.0
-
-
-def _canonical() -> FaceTemplate:
-    head = HEAD_92x112.continuous_points()
-    scale = _CANONICAL_EYE_PX / float(np.linalg.norm(head[1] - head[0]))
-    width, height = HEAD_92x112.size[0] * scale, HEAD_92x112.size[1] * scale
-    offset = np.array([(_CANONICAL_SIZE - width) / 2, (_CANONICAL_SIZE - height) / 2])
-    return FaceTemplate(
-        name="canonical_256", size=(_CANONICAL_SIZE, _CANONICAL_SIZE), points=head * scale + offset - 0.5
-    )
-
-
-CANONICAL = _canonical()
-"""The stored framing: HEAD_92x112 scaled to 64 px between the eyes, centred in 256x256."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +38,7 @@ class FaceImage:
         """The face as a model with this input spec expects it (uint8 (h, w, 3) RGB)."""
         if not self.aligned:
             return self.image
-        return align_face(self.image, CANONICAL.continuous_points(), template=template_for_spec(spec))
+        return model_crop(self.image, spec)
 
     def detection_record(self) -> dict[str, Any] | None:
         """Detector, box, landmarks, score and quality measures, for the database and API answers."""
@@ -79,7 +62,7 @@ def whole_image(image: np.ndarray, *, max_side: int) -> FaceImage:
 
 def aligned_face(image: np.ndarray, face: DetectedFace, quality: QualityReport | None = None) -> FaceImage:
     """A detected face, aligned to :data:`CANONICAL`."""
-    crop = align_face(image, face.landmarks, template=CANONICAL)
+    crop = canonical_crop(image, face.landmarks)
     return FaceImage(image=crop, aligned=True, detection=face, quality=quality)
 
 

@@ -163,7 +163,7 @@ class FaceCrop(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
-    # True: aligned to service.faces.CANONICAL (any model's framing can be cut from it); False: whole image.
+    # True: aligned to embedding.align.CANONICAL (any model's framing can be cut from it); False: whole image.
     aligned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
