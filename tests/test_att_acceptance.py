@@ -10,42 +10,52 @@ from fastapi.testclient import TestClient
 from tests.conftest import ATT, att_image, require_data
 
 G = "/v1/galleries/default"
-# The default model's card reports its own AT&T rank-1; this floor only guards against regressions.
+# The default model's card reports its own AT&T rank-1; these floors only guard against regressions.
 RANK1_FLOOR = 0.95
-# The protocol enrols every gallery image: AT&T crops are pre-cropped (no detection), and a few subjects look
-# alike enough at the FAR 1e-3 threshold to trip the identity-conflict check, which the protocol overrides.
-PROTOCOL = {"detect": "false", "allow_conflict": "true"}
+MIN_ACCEPTED = 190  # of the 200 gallery images; the rest fail a gate (no face found, pose) and say why
+# Photos go through detection and alignment, as in production. A few subjects look alike enough at the
+# FAR 1e-3 threshold to trip the identity-conflict check, which the protocol overrides.
+PROTOCOL = {"allow_conflict": "true"}
 
 
 def test_att_enrol_and_identify(client: TestClient) -> None:
     require_data(ATT)
     ids: dict[int, int] = {}
+    accepted = 0
     for s in range(1, 41):
         ident = client.post(f"{G}/identities", json={"external_id": f"s{s}"}).json()
         files = [("image", (f"{i}.pgm", att_image(s, i).read_bytes(), "image/x-portable-graymap")) for i in range(1, 6)]
         r = client.post(f"{G}/identities/{ident['id']}/faces", files=files, data=PROTOCOL)
-        assert r.status_code == 201, r.text
-        assert len(r.json()["accepted"]) == 5
+        assert r.status_code in (201, 422), r.text
+        body = r.json()
+        if r.status_code == 201:
+            accepted += len(body["accepted"])
+            assert all(item["code"] for item in body["rejected"])
         ids[s] = ident["id"]
+    assert accepted >= MIN_ACCEPTED
 
-    correct = total = matched_right = 0
+    correct = total = matched_right = no_face = 0
     for s in range(1, 41):
         for i in range(6, 11):
             r = client.post(
                 f"{G}/identify",
                 files={"image": (f"{i}.pgm", att_image(s, i).read_bytes(), "image/x-portable-graymap")},
-                data={"detect": "false", "top_k": 5},
+                data={"top_k": 5},
             )
             assert r.status_code == 200, r.text
             body = r.json()
+            if not body["faces"]:
+                no_face += 1
+                continue
             total += 1
             correct += body["candidates"][0]["identity"]["id"] == ids[s]
             matched_right += body["match"] is not None and body["match"]["identity"]["id"] == ids[s]
     rank1 = correct / total
     print(
-        f"AT&T rank-1 through the API: {rank1:.3f} ({correct}/{total}); accepted at default threshold: "
-        f"{matched_right}/{total}"
+        f"AT&T through the API with detection: {accepted}/200 enrolled, {no_face}/200 probes without a face, "
+        f"rank-1 {rank1:.3f} ({correct}/{total}); accepted at the default threshold: {matched_right}/{total}"
     )
+    assert no_face <= 10
     assert rank1 >= RANK1_FLOOR
 
     # deleting an identity removes it from results at once

@@ -241,7 +241,9 @@ def test_default_model_on_att_identification() -> None:
     from embedding.cli import evaluate_model
     from embedding.embedder import default_model_path
 
-    result = evaluate_model(default_model_path(), identification_dir=att, gallery_per_identity=5)
+    result = evaluate_model(
+        default_model_path(), identification_dir=att, identification_framing="detect", gallery_per_identity=5
+    )
     ident = result["identification"]
     assert ident["stranger_identities"] == 10 and ident["mated_probes"] == 150
     assert ident["rank1"] > 0.9 and ident["rank5"] >= ident["rank1"]
