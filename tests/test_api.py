@@ -6,6 +6,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from embedding.checkpoint import load_checkpoint
+from embedding.embedder import default_model_path
 from service.api import create_app
 from service.settings import Settings
 from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, image_bytes
@@ -48,7 +50,8 @@ def test_health_and_readiness(client: TestClient) -> None:
         "index_faces": 0,
         "model_version": checks["model_version"],
     }
-    assert checks["model_version"].startswith("facedb-dev")
+    _, card = load_checkpoint(default_model_path())
+    assert checks["model_version"] == f"{card.name}@{card.version}"
 
 
 def test_openapi_lists_the_api(client: TestClient) -> None:
