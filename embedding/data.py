@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from embedding.card import InputSpec
+from embedding.faceset import align_files
 from embedding.image import decode_image
 from embedding.preprocess import LUMA_WEIGHTS, to_model_input
 
@@ -250,8 +251,6 @@ def load_rgb_images(
     if framing == DETECT:
         if spec is None:
             raise ValueError('framing "detect" needs the model\'s input spec')
-        from embedding.faceset import align_files  # noqa: PLC0415 - dlib on demand
-
         return list(align_files(paths, spec, cache_dir=cache_dir, desc="eval", progress=progress).crops)
     frame = FRAMINGS[framing]
     return [frame(read_rgb(p)) for p in tqdm(paths, desc="decode", leave=False, disable=not progress)]

@@ -30,6 +30,7 @@ from embedding.align import ARCFACE_112, canonical_crop, model_crop, template_fo
 from embedding.card import InputSpec
 from embedding.detect import DetectedFace, DlibDetector
 from embedding.image import decode_image
+from embedding.teacher import TEACHER_DIM, DlibTeacher
 
 _CACHE_VERSION: Final = 1
 _MAX_PIXELS: Final = 4096 * 4096
@@ -68,23 +69,17 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _faces_of(
-    image: np.ndarray, spec: InputSpec, face: DetectedFace, teacher: object | None
+    image: np.ndarray, spec: InputSpec, face: DetectedFace, teacher: DlibTeacher | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model crop of a face and, with a teacher, the teacher's chip of it."""
     crop = model_crop(canonical_crop(image, face.landmarks), spec)
-    if teacher is None:
-        return crop, None
-    from embedding.teacher import DlibTeacher  # noqa: PLC0415
-
-    assert isinstance(teacher, DlibTeacher)
-    return crop, teacher.chip(image, face)
+    return crop, (teacher.chip(image, face) if teacher is not None else None)
 
 
 def _align_chunk(
     paths: list[str], spec_json: str, with_teacher: bool
 ) -> tuple[list[np.ndarray | None], list[np.ndarray | None], list[tuple[int, int]], np.ndarray | None]:
     """Worker: (crop or None per image, landmarks or None, (height, width), teacher rows of found faces)."""
-    from embedding.teacher import DlibTeacher  # noqa: PLC0415
-
     spec = InputSpec.model_validate_json(spec_json)
     detector = DlibDetector()
     teacher = DlibTeacher() if with_teacher else None
@@ -174,9 +169,9 @@ def align_files(
         if chunk_rows is not None:
             rows.append(chunk_rows)
 
-    teacher_rows = np.concatenate(rows) if rows else np.zeros((0, 128), np.float32)
+    teacher_rows = np.concatenate(rows) if rows else np.zeros((0, TEACHER_DIM), np.float32)
     detected = np.array([p is not None for p in points], dtype=bool)
-    teacher_out = np.zeros((len(files), 128), np.float32) if teacher else None
+    teacher_out = np.zeros((len(files), TEACHER_DIM), np.float32) if teacher else None
     if teacher_out is not None:
         teacher_out[detected] = teacher_rows
     missing = np.flatnonzero(~detected)
@@ -184,13 +179,14 @@ def align_files(
         fallbacks = _fallback_landmarks(points, sizes)
         for i in missing:
             crops[i] = model_crop(canonical_crop(_read(Path(files[i])), fallbacks[sizes[i]]), spec)
-    height, width = crops[0].shape[:2] if crops and crops[0] is not None else (0, 0)
-    stacked = np.stack([c for c in crops if c is not None]) if crops else np.zeros((0, height, width, 3), np.uint8)
+    filled = [c for c in crops if c is not None]  # every image has its crop by now
+    width, height = template_for_spec(spec).size
+    stacked = np.stack(filled) if filled else np.zeros((0, height, width, 3), np.uint8)
     result = AlignedSet(stacked, detected, teacher_out)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.name + ".tmp.npz")
-        saved_teacher = teacher_out if teacher_out is not None else np.zeros((0, 128), np.float32)
+        saved_teacher = teacher_out if teacher_out is not None else np.zeros((0, TEACHER_DIM), np.float32)
         np.savez(tmp, crops=result.crops, detected=result.detected, teacher=saved_teacher)
         tmp.replace(cache)
     return result
