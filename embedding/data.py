@@ -241,7 +241,6 @@ def load_rgb_images(
     framing: str = "none",
     *,
     spec: InputSpec | None = None,
-    cache_dir: Path | None = None,
     progress: bool = False,
 ) -> list[np.ndarray]:
     """Decode and frame images for an `Embedder`: list of uint8 (H, W, 3) RGB arrays.
@@ -251,7 +250,7 @@ def load_rgb_images(
     if framing == DETECT:
         if spec is None:
             raise ValueError('framing "detect" needs the model\'s input spec')
-        return list(align_files(paths, spec, cache_dir=cache_dir, desc="eval", progress=progress).crops)
+        return list(align_files(paths, spec, desc="eval", progress=progress).crops)
     frame = FRAMINGS[framing]
     return [frame(read_rgb(p)) for p in tqdm(paths, desc="decode", leave=False, disable=not progress)]
 
