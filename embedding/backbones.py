@@ -446,3 +446,98 @@ def siamese_att(
     return SiameseNet(
         in_channels=in_channels, input_height=input_height, input_width=input_width, embedding_dim=embedding_dim
     )
+
+
+# ------------------------------------------------------------------------------- dlib's ResNet-29
+
+DLIB_INPUT_MEAN_RGB: tuple[float, float, float] = (122.782, 117.001, 104.298)
+"""Per-channel means dlib's `input_rgb_image` subtracts (0-255 scale) before dividing by 256."""
+
+
+class ChannelAffine(nn.Module):
+    """dlib's `affine` layer: a batch norm folded into a per-channel scale and shift (inference only)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (N, C, H, W) -> same shape."""
+        return x * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+def _add_zero_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sum of two (N, C, H, W) tensors of possibly different C, H, W: the smaller is zero-padded at the end of
+    each dimension (how dlib's `add_prev` joins a residual branch to its shortcut)."""
+    shape = [max(x, y) for x, y in zip(a.shape[1:], b.shape[1:], strict=True)]
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        c, h, w = t.shape[1:]
+        if (c, h, w) == tuple(shape):
+            return t
+        return nn.functional.pad(t, (0, shape[2] - w, 0, shape[1] - h, 0, shape[0] - c))
+
+    return pad(a) + pad(b)
+
+
+class _DlibResidual(nn.Module):
+    """conv 3x3 (stride s; no padding when s = 2) -> affine -> ReLU -> conv 3x3 -> affine, plus the shortcut
+    (the input, or its 2x2 average pool when s = 2, zero-padded to the branch's channels), then ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, *, down: bool) -> None:
+        super().__init__()
+        stride = 2 if down else 1
+        self.down = down
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 0 if down else 1)
+        self.bn1 = ChannelAffine(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1)
+        self.bn2 = ChannelAffine(out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (N, in_ch, H, W) -> float32 (N, out_ch, H', W')."""
+        branch = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        shortcut = nn.functional.avg_pool2d(x, 2, 2) if self.down else x
+        return torch.relu(_add_zero_padded(branch, shortcut))
+
+
+DLIB_RESNET_STAGES: tuple[tuple[int, int], ...] = ((32, 3), (64, 4), (128, 3), (256, 3), (256, 1))
+"""(channels, residual blocks) of the stages after the stem; every stage but the first starts by halving."""
+
+
+class DlibResNet(nn.Module):
+    """dlib's face recognition ResNet (`dlib_face_recognition_resnet_model_v1`, 29 conv layers), in PyTorch.
+
+    float32 (N, 3, 150, 150) RGB in [0, 1] (the model card's spec: mean 0, std 1) -> float32 (N, 128).
+    The input is first mapped as dlib's `input_rgb_image` does, (255 x - channel mean) / 256; then
+    conv 7x7/2 (32) -> affine -> ReLU -> max pool 3x3/2 -> `DLIB_RESNET_STAGES` -> global average pool
+    -> linear 256 -> 128 without bias. Weights come from dlib's file (`embedding.dlib_import`); the layer
+    arithmetic (unpadded stride-2 convolutions and pools, zero-padded residual sums) follows dlib's.
+    """
+
+    def __init__(self, *, embedding_dim: int = 128) -> None:
+        super().__init__()
+        self.input_mean: torch.Tensor
+        self.register_buffer("input_mean", torch.tensor(DLIB_INPUT_MEAN_RGB).view(1, 3, 1, 1), persistent=False)
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 7, 2, 0), ChannelAffine(32), nn.ReLU(), nn.MaxPool2d(3, 2))
+        blocks: list[nn.Module] = []
+        in_ch = 32
+        for stage, (channels, count) in enumerate(DLIB_RESNET_STAGES):
+            for index in range(count):
+                blocks.append(_DlibResidual(in_ch, channels, down=stage > 0 and index == 0))
+                in_ch = channels
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(in_ch, embedding_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (N, 3, H, W) in [0, 1] -> float32 (N, embedding_dim), not normalised."""
+        x = (x * 255.0 - self.input_mean) / 256.0
+        x = self.blocks(self.stem(x))
+        out: torch.Tensor = self.fc(x.mean(dim=(2, 3)))
+        return out
+
+
+@register("dlib_resnet29")
+def dlib_resnet29(*, embedding_dim: int = 128) -> nn.Module:
+    """`DlibResNet` (150x150 RGB in; load dlib's weights with `embedding.dlib_import`)."""
+    return DlibResNet(embedding_dim=embedding_dim)

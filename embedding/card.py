@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+FaceTemplateName = Literal["head_92x112", "arcface_112", "dlib_150"]
+"""Names of the built-in face templates (`embedding.align.TEMPLATES`)."""
+
 
 class InputSpec(BaseModel):
     """How a decoded RGB face image (uint8, (H, W, 3)) becomes the model input.
@@ -34,7 +37,7 @@ class InputSpec(BaseModel):
     mean: float
     std: float = Field(gt=0)
     resize: Literal["stretch", "center_crop"] = "center_crop"
-    face_template: Literal["head_92x112", "arcface_112"] | None = None
+    face_template: FaceTemplateName | None = None
 
 
 class ModelCard(BaseModel):

@@ -61,6 +61,24 @@ def save_checkpoint(path: Path, *, model: nn.Module, card: ModelCard) -> None:
     tmp.replace(path)
 
 
+def replace_card(source: Path, target: Path, card: ModelCard) -> ModelCard:
+    """Write `source`'s weights, byte for byte the same tensors (dtype included), with `card` to `target`.
+
+    For card-only changes (calibration, measured metrics): the weights, and so the version, stay exactly as
+    stored, even where a round trip through the model would change them (float16 storage). The card's
+    `version` is set from the stored weights. Returns the written card.
+    """
+    _, stored = load_checkpoint(source)
+    payload: Any = torch.load(Path(source), map_location="cpu", weights_only=True)
+    written = card.model_copy(update={"version": stored.version})
+    payload["card"] = written.model_dump(mode="json")
+    target = Path(target)
+    tmp = target.with_name(target.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(target)
+    return load_checkpoint(target)[1]
+
+
 def _parse(payload: object, source: str) -> tuple[nn.Module, ModelCard]:
     """Validate a loaded payload and rebuild the (eval-mode, CPU) model."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -12,13 +12,13 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import numpy as np
 import typer
 
-from embedding.card import ModelCard
-from embedding.checkpoint import load_checkpoint, save_checkpoint
+from embedding.card import FaceTemplateName, ModelCard
+from embedding.checkpoint import load_checkpoint, replace_card, save_checkpoint
 from embedding.data import (
     DETECT,
     FRAMING_NAMES,
@@ -253,14 +253,7 @@ def calibrate_model(
         updated = updated.model_copy(update={"version": original.version})
         write_onnx_card(proto, updated, target)
     else:
-        weights, stored = load_checkpoint(Path(model))
-        save_checkpoint(target, model=weights, card=updated)
-        _, written = load_checkpoint(target)
-        if written.version != stored.version:
-            raise ModelLoadError(
-                f"{target}: version changed during calibration ({stored.version} -> {written.version})"
-            )
-        updated = written
+        updated = replace_card(Path(model), target, updated)
     return updated
 
 
@@ -404,8 +397,11 @@ def train_command(
             raise ValueError(f"--channels must be 1 or 3, got {channels}")
         if optimizer not in ("sgd", "adam"):
             raise ValueError(f"--optimizer must be sgd or adam, got {optimizer!r}")
-        if face_template not in (None, "arcface_112", "head_92x112"):
-            raise ValueError(f"--face-template must be arcface_112 or head_92x112, got {face_template!r}")
+        templates: dict[str | None, FaceTemplateName | None] = {None: None}
+        templates |= {name: name for name in get_args(FaceTemplateName)}
+        if face_template not in templates:
+            known = ", ".join(t for t in templates if t)
+            raise ValueError(f"--face-template must be one of {known}, got {face_template!r}")
         if distill not in (None, "dlib"):
             raise ValueError(f"--distill must be dlib, got {distill!r}")
         config = TrainConfig(
@@ -420,9 +416,7 @@ def train_command(
             width=width,
             channels=1 if channels == 1 else 3,
             embedding_dim=embedding_dim,
-            face_template="arcface_112"
-            if face_template == "arcface_112"
-            else ("head_92x112" if face_template == "head_92x112" else None),
+            face_template=templates[face_template],
             distill="dlib" if distill == "dlib" else None,
             distill_weight=distill_weight,
             distill_center=distill_center,
@@ -561,9 +555,28 @@ def export_onnx_command(
         typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {card.name}@{card.version})")
 
 
+def import_dlib_command(
+    out: Annotated[Path, typer.Argument(help="facedb model file (.pt) to write.")],
+    source: Annotated[
+        Path | None, typer.Option(help="dlib's network file (default: the one face_recognition_models installs).")
+    ] = None,
+    float32: Annotated[bool, typer.Option("--float32", help="Store float32 weights (default float16).")] = False,
+) -> None:
+    """Convert dlib's face recognition ResNet (CC0) into a facedb model; calibrate it before serving."""
+    from embedding.dlib_import import import_dlib_model  # noqa: PLC0415 - only this command needs it
+
+    with _clean_errors():
+        if out.suffix.lower() != ".pt":
+            raise ValueError(f"output must end in .pt, got {out.name}")
+        card = import_dlib_model(out, source=source, half=not float32)
+        size_mb = out.stat().st_size / 1e6
+        typer.echo(f"wrote {out} ({size_mb:.1f} MB, {card.name}@{card.version}); next: facedb calibrate")
+
+
 def register(app: typer.Typer) -> None:
-    """Add the commands train, evaluate, calibrate and export-onnx to `app`."""
+    """Add the commands train, evaluate, calibrate, export-onnx and import-dlib to `app`."""
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
     app.command("calibrate")(calibrate_command)
+    app.command("import-dlib")(import_dlib_command)
     app.command("export-onnx")(export_onnx_command)

@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from embedding.backbones import build_backbone
-from embedding.card import InputSpec, ModelCard
+from embedding.card import FaceTemplateName, InputSpec, ModelCard
 from embedding.checkpoint import save_checkpoint
 from embedding.data import (
     DETECT,
@@ -75,7 +75,7 @@ class TrainConfig:
     mean: float = 0.5
     std: float = 0.5
     resize: Literal["stretch", "center_crop"] = "center_crop"
-    face_template: Literal["head_92x112", "arcface_112"] | None = None
+    face_template: FaceTemplateName | None = None
     embedding_dim: int | None = None
     epochs: int = 20
     batch_size: int = 128

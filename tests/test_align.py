@@ -11,7 +11,9 @@ from PIL import Image
 
 from embedding.align import (
     ARCFACE_112,
+    DLIB_150,
     TEMPLATES,
+    FaceTemplate,
     HEAD_92x112,
     align_face,
     alignment_matrix,
@@ -98,7 +100,7 @@ def test_border_modes() -> None:
 
 
 def test_templates_and_spec() -> None:
-    assert set(TEMPLATES) == {"arcface_112", "head_92x112"}
+    assert set(TEMPLATES) == {"arcface_112", "head_92x112", "dlib_150"}
     assert HEAD_92x112.size == (92, 112)
     # Head framing from MODEL_CARD.md: eyes at ~47% of the height, eye-to-mouth ~30%.
     eyes_y = HEAD_92x112.points[:2, 1].mean() / 112
@@ -112,13 +114,13 @@ def test_templates_and_spec() -> None:
 
 
 @pytest.mark.data
-@pytest.mark.parametrize("template", [HEAD_92x112, ARCFACE_112], ids=lambda t: t.name)
-def test_detected_faces_align_onto_the_template(detector: DlibDetector, template: object) -> None:
+@pytest.mark.parametrize("template", [HEAD_92x112, ARCFACE_112, DLIB_150], ids=lambda t: t.name)
+def test_detected_faces_align_onto_the_template(detector: DlibDetector, template: FaceTemplate) -> None:
     """Detect, align, detect again in the crop: the eyes are within a few px of the template's eyes."""
-    assert template is HEAD_92x112 or template is ARCFACE_112
     files = sorted(require_data(DATA_ROOT / "lfw" / "images").glob("*/*.jpg"))
     files += sorted(require_data(DATA_ROOT / "celeba_subset").glob("*/*.jpg"))
     errors = []
+    eye_distance = float(np.linalg.norm(template.points[1] - template.points[0]))
     # The ArcFace crop is tight (no margin around the face); HOG needs context, so re-detect at 2x
     # size in a grey frame.
     for path in random.Random(SEED).sample(files, 12):
@@ -126,7 +128,8 @@ def test_detected_faces_align_onto_the_template(detector: DlibDetector, template
         faces = detector.detect(image)
         if not faces:
             continue
-        assert eye_error(faces[0].landmarks, template) < 8.0  # the fit's residual at the eyes
+        # The fit's residual at the eyes, within 23% of the template's eye distance (8 px for ArcFace's 35 px).
+        assert eye_error(faces[0].landmarks, template) < 0.23 * eye_distance
         size = (template.size[0] * 2, template.size[1] * 2)
         crop = align_face(image, faces[0].landmarks, template=template, size=size)
         framed = np.full((size[1] * 2, size[0] * 2, 3), 128, dtype=np.uint8)
@@ -138,7 +141,7 @@ def test_detected_faces_align_onto_the_template(detector: DlibDetector, template
         target = template.continuous_points(size)[:2]
         errors.append(float(np.linalg.norm(eyes - target, axis=1).mean()) / 2)  # in template px
     assert len(errors) >= 8
-    assert float(np.median(errors)) < 3.0, errors
+    assert float(np.median(errors)) < 0.086 * eye_distance, errors  # 3 px for ArcFace
 
 
 def test_alignment_matrix_maps_landmarks_close_to_template() -> None:

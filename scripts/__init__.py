@@ -1,0 +1,1 @@
+"""Maintenance scripts: making and documenting the shipped models."""
