@@ -6,8 +6,10 @@
 - Probes: every other image of an enrolled identity (rank-1 among probes where a face was found, and how often
   the default threshold accepts the right person), and every image of a stranger (how often it is rejected).
 - Failure to acquire: probes where no face was found.
+- Each `--model` (default: the shipped default model, then the shipped compact model as the baseline) runs the
+  whole protocol in its own fresh server and database, one after the other in the same run.
 
-    python -m benchmarks.celeba_enrollment [--enrolled 100] [--out celeba.json]
+    python -m benchmarks.celeba_enrollment [--enrolled 100] [--model PATH ...] [--out celeba.json]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import httpx
 
 from benchmarks.identify_latency import DATA_ROOT, machine_info, running_server
+from embedding.embedder import compact_model_path, default_model_path
 from service.db import migrate
 from service.db.engine import Database
 
@@ -35,6 +38,7 @@ G = "/v1/galleries/default"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--enrolled", type=int, default=100)
+    parser.add_argument("--model", type=Path, action="append", help="model file; repeatable (default: shipped)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     root = DATA_ROOT / "celeba_subset"
@@ -42,12 +46,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"CelebA subset not found at {root}", file=sys.stderr)
         return 2
     people = sorted(p for p in root.iterdir() if p.is_dir())
-    enrolled_people, strangers = people[: args.enrolled], people[args.enrolled :]
-    info = machine_info()
+    models = args.model or [default_model_path(), compact_model_path()]
+    reports = []
+    for model in models:
+        print(f"\n== {model}", flush=True)
+        reports.append(run(model, people[: args.enrolled], people[args.enrolled :]))
+    if args.out:
+        args.out.write_text(json.dumps(reports, indent=2, default=str))
+    return 0
 
+
+def run(model: Path, enrolled_people: Sequence[Path], strangers: Sequence[Path]) -> dict[str, Any]:
+    """The whole protocol against a fresh server serving `model`; prints and returns the figures."""
+    info = machine_info()
     with tempfile.TemporaryDirectory(prefix="facedb-celeba-") as tmp_s:
         tmp = Path(tmp_s)
-        env = {"FACEDB_DATA_DIR": str(tmp / "data"), "FACEDB_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}"}
+        env = {
+            "FACEDB_DATA_DIR": str(tmp / "data"),
+            "FACEDB_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
+            "FACEDB_MODEL_PATH": str(model),
+        }
         db = Database(env["FACEDB_DATABASE_URL"])
         migrate.upgrade(db.engine)
         db.dispose()
@@ -106,12 +124,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         stranger_fta += 1
                     elif res["match"] is None:
                         stranger_rejected += 1
-            threshold = probe(next(iter(enrolled_with.values())))["threshold"]
+            last = probe(next(iter(enrolled_with.values())))
+            threshold, served = last["threshold"], last["model_version"]
 
     acquired = mated - fta
     s_acquired = stranger_probes - stranger_fta
     latencies.sort()
     report = {
+        "model": str(model),
+        "model_version": served,
         "machine": info,
         "identities_enrolled": len(enrolled_with),
         "identities_tried": len(enrolled_people),
@@ -128,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stranger_rejected_of_acquired": stranger_rejected / s_acquired if s_acquired else None,
         "identify_p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
     }
+    print(f"model served: {served}")
     print(f"machine: {info['cpu_model']}; {info['usable_cpus']} CPUs; load at start {info['loadavg_1_5_15']}")
     print(
         f"enrolled {len(enrolled_with)} of {len(enrolled_people)} identities (one photo each) in {enrol_s:.1f} s; "
@@ -143,10 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"strangers ({len(strangers)} identities never enrolled): {stranger_probes} probes, no face in "
         f"{stranger_fta}; rejected at the default threshold: {report['stranger_rejected_of_acquired']:.3f}"
     )
-    print(f"identify p50 over HTTP with detection: {report['identify_p50_ms']:.1f} ms")
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2, default=str))
-    return 0
+    print(f"identify p50 over HTTP with detection: {report['identify_p50_ms']:.1f} ms", flush=True)
+    return report
 
 
 if __name__ == "__main__":

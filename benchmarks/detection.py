@@ -193,10 +193,10 @@ def read_lfw_pairs(folds: Sequence[int]) -> list[tuple[Path, Path, bool, int]]:
 def align_eval(args: argparse.Namespace) -> None:
     import torch  # noqa: PLC0415
 
-    from embedding import TorchEmbedder, default_model_path  # noqa: PLC0415
+    from embedding import TorchEmbedder, compact_model_path  # noqa: PLC0415
 
     torch.set_num_threads(2)
-    embedder = TorchEmbedder(default_model_path())
+    embedder = TorchEmbedder(compact_model_path())
     modes = [m.strip() for m in args.landmarks.split(",") if m.strip()]
     gallery, g_labels, probes, p_labels = att_split()
     att_images = [read_rgb(p) for p in gallery + probes]

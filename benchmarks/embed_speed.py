@@ -2,9 +2,10 @@
 
 Series (all in one run, interleaved by batch size, same machine state):
 
-- `default.pt`: the shipped model through `TorchEmbedder` (preprocessing + forward + normalisation,
-  from decoded uint8 RGB face crops; decoding excluded);
-- `default.onnx`: the same model exported with `export_onnx`, through `OnnxEmbedder` (onnxruntime CPU);
+- `default.pt` (dlib's ResNet in PyTorch) and `compact.pt` (facedb's own model): the shipped models through
+  `TorchEmbedder` (preprocessing + forward + normalisation, from decoded uint8 RGB face crops; decoding excluded);
+- `default.onnx`, `compact.onnx`: the same models exported with `export_onnx`, through `OnnxEmbedder`
+  (onnxruntime CPU);
 - `mobilefacenet`: the registered MobileFaceNet at 112x112 RGB (128-d, random weights: speed only),
   through `TorchEmbedder` and, exported, through `OnnxEmbedder`;
 - `dlib resnet`: `dlib.face_recognition_model_v1` with the weights of `face_recognition_models`
@@ -40,7 +41,7 @@ from embedding.backbones import build_backbone
 from embedding.card import InputSpec, ModelCard
 from embedding.checkpoint import save_checkpoint
 from embedding.data import read_rgb
-from embedding.embedder import TorchEmbedder, default_model_path
+from embedding.embedder import TorchEmbedder, compact_model_path, default_model_path
 from embedding.onnx_embedder import OnnxEmbedder, export_onnx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,9 +112,6 @@ def main() -> None:
     series: dict[str, Callable[[int], None]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
-        default = TorchEmbedder(default_model_path(), device="cpu", batch_size=32)
-        export_onnx(default_model_path(), tmp_dir / "default.onnx")
-        default_onnx = OnnxEmbedder(tmp_dir / "default.onnx", device="cpu", threads=args.threads)
         mfn_path = mobilefacenet_file(tmp_dir)
         mfn = TorchEmbedder(mfn_path, device="cpu", batch_size=32)
         export_onnx(mfn_path, tmp_dir / "mobilefacenet.onnx")
@@ -125,9 +123,14 @@ def main() -> None:
 
             return run
 
-        spec = default.card.input
-        series[f"default.pt ({default.card.arch}, {spec.height}x{spec.width} grey), torch"] = runner(default)
-        series["default.onnx, onnxruntime"] = runner(default_onnx)
+        for path in (default_model_path(), compact_model_path()):
+            shipped = TorchEmbedder(path, device="cpu", batch_size=32)
+            export_onnx(path, tmp_dir / f"{path.stem}.onnx")
+            spec = shipped.card.input
+            colour = "grey" if spec.channels == 1 else "RGB"
+            series[f"{path.name} ({shipped.card.arch}, {spec.height}x{spec.width} {colour}), torch"] = runner(shipped)
+            onnx = OnnxEmbedder(tmp_dir / f"{path.stem}.onnx", device="cpu", threads=args.threads)
+            series[f"{path.stem}.onnx, onnxruntime"] = runner(onnx)
         series["mobilefacenet 112x112 RGB, torch"] = runner(mfn)
         series["mobilefacenet 112x112 RGB, onnxruntime"] = runner(mfn_onnx)
         dlib_version = None

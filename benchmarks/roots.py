@@ -38,7 +38,7 @@ import torch
 from embedding.backbones import build_backbone
 from embedding.card import InputSpec
 from embedding.data import AugmentConfig, DatasetSpec, read_rgb
-from embedding.embedder import TorchEmbedder, default_model_path
+from embedding.embedder import TorchEmbedder, compact_model_path
 from embedding.evaluation import best_threshold, foldwise_accuracy, roc_auc
 from embedding.losses import ContrastiveLoss
 from embedding.preprocess import to_model_input
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     images, labels = load_att(att)
     siamese_x = torch.from_numpy(to_model_input(images, SIAMESE_SPEC))
-    default = TorchEmbedder(default_model_path(), device="cpu")
+    default = TorchEmbedder(compact_model_path(), device="cpu")
     default_emb = default.embed(images)
     rows: list[dict[str, Any]] = []
     for split_name, (train_subjects, test_subjects) in SPLITS.items():
@@ -212,11 +212,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(f"[{split_name}] arcface {result.train_seconds:.0f} s: {rows[-1]}", flush=True)
 
-        # 3. Shipped default model (no AT&T in its training data), no training here.
+        # 3. Shipped compact model (no AT&T in its training data), no training here.
         rows.append(
             {
                 "split": split_name,
-                "model": f"default.pt ({default.card.version}, not trained on AT&T)",
+                "model": f"compact.pt ({default.card.version}, not trained on AT&T)",
                 "score": "cosine",
                 "train_seconds": 0.0,
                 "final_loss": None,

@@ -6,7 +6,7 @@ Inference-side package used by the service; it imports neither fastapi nor sqlal
 from embedding.backbones import BACKBONES, build_backbone
 from embedding.card import InputSpec, ModelCard
 from embedding.checkpoint import load_checkpoint, save_checkpoint
-from embedding.embedder import Embedder, TorchEmbedder, default_model_path
+from embedding.embedder import Embedder, TorchEmbedder, compact_model_path, default_model_path
 from embedding.errors import ImageError, ModelLoadError
 from embedding.heads import HEADS, build_head
 from embedding.image import decode_image
@@ -25,6 +25,7 @@ __all__ = [
     "TorchEmbedder",
     "build_backbone",
     "build_head",
+    "compact_model_path",
     "decode_image",
     "default_model_path",
     "export_onnx",

@@ -28,8 +28,13 @@ def uncalibrated_message(source: str) -> str:
 
 
 def default_model_path() -> Path:
-    """Path of the model file shipped with the package, `embedding/models/default.pt`."""
+    """The default model shipped with the package, `embedding/models/default.pt` (dlib's ResNet, imported)."""
     return Path(__file__).resolve().parent / "models" / "default.pt"
+
+
+def compact_model_path() -> Path:
+    """facedb's own trained model shipped beside the default, `embedding/models/compact.pt` (faster, less accurate)."""
+    return Path(__file__).resolve().parent / "models" / "compact.pt"
 
 
 @runtime_checkable

@@ -1,17 +1,18 @@
-"""Finish a model trained for shipping: extra held-out metrics, a peer baseline, speed, MODEL_CARD.md.
+"""Finish a model trained for shipping: extra held-out metrics, a peer baseline, speed, its card as Markdown.
 
-The shipped `embedding/models/default.pt` was made with two commands (both printed in its card):
+The shipped `embedding/models/compact.pt` (facedb's own model; the default model is imported, see
+`scripts/finish_imported_model.py`) was made with two commands (both printed in its card):
 
 1. `facedb train ... --exclude-lfw-folds 7,8,9` (train on everything else, then calibrate thresholds and measure
    LFW 10-fold-style verification on the held-out folds 7-9, all through the serving path: detect + align);
-2. `python -m scripts.finish_default_model MODEL` (this script), which adds to the card, measured on the file
+2. `python -m scripts.finish_trained_model MODEL` (this script), which adds to the card, measured on the file
    through the serving embedder:
 
    - AT&T open-set identification through detection and alignment (never trained on);
    - dlib's ResNet (the distillation teacher) on the same LFW pairs and detections, as the peer baseline;
    - CPU embedding throughput at batch 1, 8 and 32;
 
-   and renders `MODEL_CARD.md` beside the model from the card alone (every number comes from the card).
+   and renders `<model>.md` beside the model (`compact.md`) from the card alone (every number comes from the card).
    `--render-only` re-renders without measuring.
 """
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from embedding.card import ModelCard
-from embedding.checkpoint import load_checkpoint, save_checkpoint
+from embedding.checkpoint import load_checkpoint, replace_card
 from embedding.cli import evaluate_model, select_folds
 from embedding.evaluation import pair_scores, verification_report
 from embedding.faceset import align_files
@@ -84,7 +85,7 @@ def embed_speed(model: Path, batches: Sequence[int] = (1, 8, 32), seconds: float
 
 def measure(model: Path, data: Path, cache_dir: Path | None, note: str | None) -> ModelCard:
     """Add identification, teacher baseline, speed (and a development note) to the card in place."""
-    weights, card = load_checkpoint(model)
+    _, card = load_checkpoint(model)
     if not card.thresholds:
         raise SystemExit(f"{model} is not calibrated: train with --exclude-lfw-folds or run `facedb calibrate`")
     held = card.metrics["calibration"]["folds"]
@@ -98,8 +99,7 @@ def measure(model: Path, data: Path, cache_dir: Path | None, note: str | None) -
         "embed_faces_per_s_cpu": {**speed, "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}"},
     }
     training = {**card.training, "development_note": note} if note else card.training
-    save_checkpoint(model, model=weights, card=card.model_copy(update={"metrics": metrics, "training": training}))
-    return load_checkpoint(model)[1]
+    return replace_card(model, model, card.model_copy(update={"metrics": metrics, "training": training}))
 
 
 def _command(card: ModelCard) -> str:
@@ -145,10 +145,11 @@ def render(card: ModelCard, path: Path) -> str:
     arch = card.arch_params
     return f"""# Model card: `{path.name}`: {card.name} (version `{card.version}`)
 
-The default face embedder of facedb: what the service loads when `FACEDB_MODEL_PATH` is not set. Everything
+facedb's own face embedder, trained by `facedb train` on two CPU cores: the fast option beside the default
+model (dlib's ResNet, `MODEL_CARD.md`); serve it with `FACEDB_MODEL_PATH=embedding/models/{path.name}`. Everything
 below was measured on this file through the serving path (detect, align, embed) and is stored in its card
 (`facedb models list`, or `embedding.checkpoint.load_checkpoint`); this page is rendered from the card by
-`scripts/finish_default_model.py`.
+`scripts/finish_trained_model.py`.
 
 ## Architecture
 
@@ -249,7 +250,7 @@ are CC0 (dlib / `face_recognition_models`).
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Measure (unless --render-only) and write MODEL_CARD.md beside the model."""
+    """Measure (unless --render-only) and write `<model>.md` beside the model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -261,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         card = load_checkpoint(args.model)[1]
     else:
         card = measure(args.model, args.data, args.cache_dir, args.note)
-    md = args.model.with_name("MODEL_CARD.md")
+    md = args.model.with_suffix(".md")
     md.write_text(render(card, args.model))
     print(f"{card.name} {card.version}: {card.metrics['verification']['summary']}")
     print(f"teacher: {card.metrics['teacher_lfw']['summary']}")
