@@ -139,7 +139,7 @@ def _layer(reader: _Reader) -> DlibLayer:
     if kind == "fc_2":
         outputs, inputs = reader.integer(), reader.integer()
         params = reader.tensor()
-        reader.alias(), reader.alias()
+        _weights, _biases = reader.alias(), reader.alias()
         bias_mode = reader.integer()
         for _ in range(4):
             reader.real()
@@ -158,7 +158,7 @@ def parse_dlib_network(data: bytes) -> DlibNetwork:
     reader = _Reader(data)
     if reader.integer() != 1 or reader.string() != "loss_metric_2":
         raise DlibFormatError("not a dlib metric-learning network (expected a loss_metric_2 record first)")
-    reader.real(), reader.real()  # margin, distance threshold: training settings
+    _margin, _distance_threshold = reader.real(), reader.real()  # training settings, unused at inference
     wrappers: list[int] = []
     while not wrappers or wrappers[-1] != 3:
         version = reader.integer()
