@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from embedding.align import DLIB_150, canonical_crop, eye_error, model_crop
 from embedding.backbones import _add_zero_padded
 from embedding.card import InputSpec
-from embedding.checkpoint import load_checkpoint
+from embedding.checkpoint import load_checkpoint, replace_card
 from embedding.cli import register
 from embedding.detect import DetectedFace, DlibDetector
 from embedding.dlib_import import (
@@ -161,3 +161,13 @@ def test_imported_weights_are_the_installed_files(tmp_path: Path) -> None:
     embedder = TorchEmbedder(tmp_path / "f32.pt", device="cpu")
     out = embedder.embed([np.full((150, 150, 3), 128, np.uint8)])
     assert out.shape == (1, 128) and abs(float(np.linalg.norm(out)) - 1) < 1e-5
+
+
+def test_card_changes_keep_float16_weights(tmp_path: Path) -> None:
+    """Calibration rewrites only the card: float16 weights stay float16 and the version stays the same."""
+    card = import_dlib_model(tmp_path / "a.pt")
+    updated = replace_card(tmp_path / "a.pt", tmp_path / "b.pt", card.model_copy(update={"notes": "calibrated"}))
+    assert updated.version == card.version and updated.notes == "calibrated"
+    payload = torch.load(tmp_path / "b.pt", map_location="cpu", weights_only=True)
+    assert {t.dtype for t in payload["state_dict"].values()} == {torch.float16}
+    assert (tmp_path / "a.pt").read_bytes() != (tmp_path / "b.pt").read_bytes()
