@@ -66,11 +66,15 @@ def replace_card(source: Path, target: Path, card: ModelCard) -> ModelCard:
 
     For card-only changes (calibration, measured metrics): the weights, and so the version, stay exactly as
     stored, even where a round trip through the model would change them (float16 storage). The card's
-    `version` is set from the stored weights. Returns the written card.
+    `version` is set from the stored weights; the written file is then loaded and checked once. Returns its card.
     """
-    _, stored = load_checkpoint(source)
-    payload: Any = torch.load(Path(source), map_location="cpu", weights_only=True)
-    written = card.model_copy(update={"version": stored.version})
+    try:
+        payload: Any = torch.load(Path(source), map_location="cpu", weights_only=True)
+    except Exception as exc:  # same failure modes as `load_checkpoint_bytes`
+        raise ModelLoadError(f"{source}: cannot read model file: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
+        raise ModelLoadError(f"{source}: not a facedb model file")
+    written = card.model_copy(update={"version": weights_version(card.arch, payload["state_dict"])})
     payload["card"] = written.model_dump(mode="json")
     target = Path(target)
     tmp = target.with_name(target.name + ".tmp")

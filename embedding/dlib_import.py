@@ -31,7 +31,6 @@ from embedding.backbones import DLIB_INPUT_MEAN_RGB, ChannelAffine, DlibResNet
 from embedding.card import InputSpec, ModelCard
 from embedding.checkpoint import load_checkpoint, save_checkpoint
 
-DLIB_MODEL_NAME: Final = "dlib_face_recognition_resnet_model_v1"
 CHIP_SIZE: Final = 150
 
 
@@ -176,13 +175,10 @@ def parse_dlib_network(data: bytes) -> DlibNetwork:
         layers.append(_layer(reader))
         for _ in range(3):
             reader.boolean()
-        for _ in range(2):
-            reader.tensor()  # gradient and output buffers, empty in a saved network
-        if version == 2:
-            reader.tensor()
-        else:
-            reader.tensor()
-            reader.integer()
+        for _ in range(3):
+            reader.tensor()  # gradient, output and parameter-gradient buffers, empty in a saved network
+        if version == 3:
+            reader.integer()  # the input layer's sample expansion factor
     if not reader.at_end:
         raise DlibFormatError(f"{len(data) - reader.pos} unread bytes after the last layer")
     return DlibNetwork(layers, mean, size, hashlib.sha256(data).hexdigest())
