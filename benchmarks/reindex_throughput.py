@@ -30,10 +30,10 @@ import torch
 from benchmarks.identify_latency import DATA_ROOT, machine_info, running_server
 from embedding import default_model_path, load_checkpoint, save_checkpoint
 from embedding.checkpoint import weights_version
+from embedding.facepath import decode_crop
 from service.core import Upload
 from service.db import crud, migrate
 from service.db.engine import Database
-from service.faces import decode_crop
 from service.registry import open_embedder
 from service.reindex import Reindexer
 from service.runtime import build_runtime

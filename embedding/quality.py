@@ -52,7 +52,7 @@ QUALITY_CODES: Final[tuple[str, ...]] = (
 QUALITY_CROP_SIZE: Final = 112
 """Side in px of the aligned grey crop that sharpness and exposure are measured on."""
 
-DEFAULT_MIN_SCORE: Final[dict[str, float]] = {"hog": 0.1, "cnn": 0.3}
+DEFAULT_MIN_SCORE: Final[dict[str, float]] = {"yunet": 0.7, "hog": 0.1, "cnn": 0.3}
 """Per-backend detector score floors used when `QualitySettings.min_score` is None."""
 
 # Central region of the ArcFace crop used for exposure and sharpness: eyebrows to chin, cheek to cheek

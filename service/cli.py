@@ -239,11 +239,11 @@ def inspect(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the drawing (PNG).")] = Path("inspect.png"),
 ) -> None:
     """Draw the detected faces, their landmarks, quality verdicts and aligned crops into a PNG."""
-    from embedding.detect import DlibDetector  # noqa: PLC0415 - only this command needs them here
+    from embedding.facepath import build_detector  # noqa: PLC0415 - only this command needs them here
     from embedding.inspect import inspect_image  # noqa: PLC0415
 
     settings = Settings()
-    detector = DlibDetector(backend=settings.detector, landmarks=settings.detector_landmarks)
+    detector = build_detector(settings.detector, landmarks=settings.detector_landmarks)
     with _clean_errors():
         try:
             result = inspect_image(

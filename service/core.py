@@ -14,8 +14,18 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from embedding import Embedder, ImageError, decode_image
-from embedding.quality import assess, assess_image
+from embedding import Embedder, ImageError
+from embedding.facepath import (
+    DetectorPool,
+    FaceImage,
+    FaceRejectedError,
+    decode,
+    decode_crop,
+    encode_crop,
+    enrolment_face,
+    probe_faces,
+    whole_image,
+)
 from service import registry, schemas
 from service.batching import MicroBatcher
 from service.db import crud
@@ -23,7 +33,6 @@ from service.db.engine import Database
 from service.db.migrate import check_schema
 from service.db.models import Gallery, Identity, ModelStatus, ModelVersion
 from service.errors import FacedbError, not_found
-from service.faces import DetectorPool, FaceImage, aligned_face, decode_crop, encode_crop, whole_image
 from service.indexing import IndexManager
 from service.registry import ModelInfo
 from service.settings import Settings
@@ -427,18 +436,16 @@ class FaceService:
     def _enrolment_face(
         self, upload: Upload, *, detect: bool, multiple_faces: Literal["reject", "largest"] | None
     ) -> FaceImage:
-        image = decode_image(upload.data, max_pixels=self.settings.max_pixels)
+        image = decode(upload.data, max_pixels=self.settings.max_pixels)
         if not detect or self.detector is None:
             return whole_image(image, max_side=self.settings.crop_max_side)
         gates = self.settings.quality
         if multiple_faces is not None:
             gates = gates.model_copy(update={"multiple_faces": multiple_faces})
-        report = assess_image(image, self.detector.detect(image), gates)
-        if not report.passed or report.face is None:
-            first = report.failures[0]
-            detail = "; ".join(f.message for f in report.failures)
-            raise FacedbError(422, first.code, detail, details={"codes": report.codes})
-        return aligned_face(image, report.face, report)
+        try:
+            return enrolment_face(image, self.detector, gates)
+        except FaceRejectedError as exc:
+            raise FacedbError(422, exc.code, str(exc), details={"codes": exc.codes}) from exc
 
     def _drop_conflicts(
         self,
@@ -573,13 +580,12 @@ class FaceService:
         """Every face of a probe photo, largest first, each with its quality measured (not gated)."""
         self._check_size(upload)
         try:
-            image = decode_image(upload.data, max_pixels=self.settings.max_pixels)
+            image = decode(upload.data, max_pixels=self.settings.max_pixels)
         except ImageError as exc:
             raise FacedbError(422, exc.code, f"{upload.filename or 'image'}: {exc.message}") from exc
         if not detect or self.detector is None:
             return [whole_image(image, max_side=self.settings.crop_max_side)]
-        gates = self.settings.quality
-        return [aligned_face(image, f, assess(image, f, gates)) for f in self.detector.detect(image)]
+        return probe_faces(image, self.detector, self.settings.quality)
 
     def _largest_face(self, upload: Upload, *, detect: bool) -> FaceImage:
         faces = self._probe_faces(upload, detect=detect)

@@ -20,12 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from embedding import Embedder, ImageError
+from embedding.facepath import decode_crop
 from service import registry
 from service.db import crud
 from service.db.engine import Database
 from service.db.models import JobStatus, ModelStatus, ModelVersion, ReindexJob, utcnow
 from service.errors import FacedbError
-from service.faces import decode_crop
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -7,13 +7,13 @@ import threading
 import time
 from dataclasses import dataclass
 
+from embedding.facepath import DetectorPool, build_detector
 from index import set_search_threads
 from service import registry
 from service.admin import AdminService
 from service.batching import MicroBatcher
 from service.core import FaceService
 from service.db.engine import Database
-from service.faces import DetectorPool
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ def build_runtime(settings: Settings, *, batching: bool = True) -> Runtime:
         else None
     )
     detector = DetectorPool(
-        size=settings.detector_pool_size, backend=settings.detector, landmarks=settings.detector_landmarks
+        size=settings.detector_pool_size,
+        factory=lambda: build_detector(settings.detector, landmarks=settings.detector_landmarks),
     )
     service = FaceService(settings=settings, db=db, embedder=embedder, batcher=batcher, detector=detector)
     try:

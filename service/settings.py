@@ -34,10 +34,15 @@ class Settings(BaseSettings):
         default=None, ge=-1.0, le=1.0, description="Decision threshold; empty = the model card's default."
     )
 
-    detector: Literal["hog", "cnn"] = Field(
-        default="hog", description="dlib's HOG detector (CPU, ~10-30 ms) or its CNN (0.3-2 s per image on CPU)."
+    detector: Literal["yunet", "hog", "cnn"] = Field(
+        default="yunet",
+        description="YuNet on onnxruntime (MIT, 5 landmarks, ~3 ms), dlib's HOG (~30 ms) or dlib's CNN (0.3-2 s).",
     )
-    detector_landmarks: Literal["68", "5"] = Field(default="68", description="dlib landmark model.")
+    detector_landmarks: Literal["5", "68"] = Field(
+        default="5",
+        description="dlib detectors only: the public-domain 5-point model, or the 68-point model whose iBUG 300-W "
+        "training data forbids commercial use (opt-in).",
+    )
     detector_pool_size: int = Field(default=2, gt=0, description="Detectors for concurrent requests.")
     max_faces: int = Field(default=10, gt=0, description="Faces per image that identify answers for.")
     quality: QualitySettings = Field(
