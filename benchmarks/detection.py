@@ -37,7 +37,7 @@ from PIL import Image
 
 from embedding.align import FaceTemplate, HEAD_92x112, align_face
 from embedding.detect import DetectedFace, DlibDetector
-from embedding.evaluation import foldwise_accuracy, pair_scores, rank1_accuracy, roc_auc
+from embedding.train.evaluation import foldwise_accuracy, pair_scores, rank1_accuracy, roc_auc
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("FACEDB_DATA_ROOT", REPO.parent / "shared" / "data"))
@@ -193,7 +193,8 @@ def read_lfw_pairs(folds: Sequence[int]) -> list[tuple[Path, Path, bool, int]]:
 def align_eval(args: argparse.Namespace) -> None:
     import torch  # noqa: PLC0415
 
-    from embedding import TorchEmbedder, compact_model_path  # noqa: PLC0415
+    from embedding.embedder import compact_model_path  # noqa: PLC0415
+    from embedding.torch_embedder import TorchEmbedder  # noqa: PLC0415
 
     torch.set_num_threads(2)
     embedder = TorchEmbedder(compact_model_path())

@@ -40,9 +40,11 @@ from PIL import Image
 from embedding.backbones import build_backbone
 from embedding.card import InputSpec, ModelCard
 from embedding.checkpoint import save_checkpoint
-from embedding.data import read_rgb
-from embedding.embedder import TorchEmbedder, compact_model_path, default_model_path
-from embedding.onnx_embedder import OnnxEmbedder, export_onnx
+from embedding.embedder import compact_model_path, default_model_path
+from embedding.onnx_embedder import OnnxEmbedder
+from embedding.onnx_export import export_onnx
+from embedding.torch_embedder import TorchEmbedder
+from embedding.train.data import read_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("FACEDB_DATA_ROOT", REPO.parent / "shared" / "data"))

@@ -431,7 +431,8 @@ def bench_http(
 
 def _model_dim() -> tuple[int | None, str]:
     """(embedding dim, model label) from the configured model's card; (None, reason) if it cannot load."""
-    from embedding import ModelLoadError, TorchEmbedder  # noqa: PLC0415
+    from embedding.errors import ModelLoadError  # noqa: PLC0415
+    from embedding.torch_embedder import TorchEmbedder  # noqa: PLC0415
 
     path = Settings().resolved_model_path
     try:

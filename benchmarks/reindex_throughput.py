@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from benchmarks.identify_latency import DATA_ROOT, machine_info, running_server
-from embedding import default_model_path, load_checkpoint, save_checkpoint
-from embedding.checkpoint import weights_version
+from embedding.checkpoint import load_checkpoint, save_checkpoint, weights_version
+from embedding.embedder import default_model_path
 from embedding.facepath import decode_crop
 from service.core import Upload
 from service.db import crud, migrate

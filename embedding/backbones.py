@@ -511,7 +511,7 @@ class DlibResNet(nn.Module):
     float32 (N, 3, 150, 150) RGB in [0, 1] (the model card's spec: mean 0, std 1) -> float32 (N, 128).
     The input is first mapped as dlib's `input_rgb_image` does, (255 x - channel mean) / 256; then
     conv 7x7/2 (32) -> affine -> ReLU -> max pool 3x3/2 -> `DLIB_RESNET_STAGES` -> global average pool
-    -> linear 256 -> 128 without bias. Weights come from dlib's file (`embedding.dlib_import`); the layer
+    -> linear 256 -> 128 without bias. Weights come from dlib's file (`embedding.train.dlib_import`); the layer
     arithmetic (unpadded stride-2 convolutions and pools, zero-padded residual sums) follows dlib's.
     """
 
@@ -539,5 +539,5 @@ class DlibResNet(nn.Module):
 
 @register("dlib_resnet29")
 def dlib_resnet29(*, embedding_dim: int = 128) -> nn.Module:
-    """`DlibResNet` (150x150 RGB in; load dlib's weights with `embedding.dlib_import`)."""
+    """`DlibResNet` (150x150 RGB in; load dlib's weights with `embedding.train.dlib_import`)."""
     return DlibResNet(embedding_dim=embedding_dim)

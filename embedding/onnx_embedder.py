@@ -1,4 +1,4 @@
-"""ONNX models: export of facedb model files, an onnxruntime `Embedder`, and the `load_embedder` factory.
+"""ONNX models: the facedb card inside an ONNX file, and an onnxruntime `Embedder` (no torch needed).
 
 Our card travels inside the ONNX file as `metadata_props`:
 
@@ -24,22 +24,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import threading
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from embedding.card import InputSpec, ModelCard
-from embedding.checkpoint import load_checkpoint
-from embedding.embedder import Embedder, TorchEmbedder, uncalibrated_message
+from embedding.embedder import uncalibrated_message
 from embedding.errors import ModelLoadError
+from embedding.lazy import LazyModel
 from embedding.preprocess import to_model_input
 
 CARD_KEY: Final = "facedb.card"
@@ -51,8 +48,6 @@ INSIGHTFACE_INPUT: Final = InputSpec.model_validate(_INSIGHTFACE)
 """Input convention assumed for ONNX models without a facedb card (InsightFace recognition models):
 112x112 RGB, (x - 127.5) / 127.5, ArcFace-aligned crops."""
 UNCALIBRATED_THRESHOLD: Final = 1.0
-TORCH_SUFFIXES: Final = frozenset({".pt", ".pth"})
-ONNX_SUFFIXES: Final = frozenset({".onnx"})
 
 
 def graph_sha256(model: Any) -> str:
@@ -148,72 +143,22 @@ def load_onnx_model(path: Path) -> Any:
         raise ModelLoadError(f"{path}: cannot read ONNX model: {type(exc).__name__}: {exc}") from exc
 
 
-@contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's registration warnings (missing torchvision ops) for the duration."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        logger.setLevel(level)
+@dataclass(frozen=True)
+class _Session:
+    session: Any
+    card: ModelCard
+    checksum: str
+    input_name: str
 
 
-def export_onnx(model_path: Path, out: Path, *, check_batch: int = 4, min_cosine: float = 0.999) -> ModelCard:
-    """Export a facedb `.pt` model file to a self-contained ONNX file with its card in the metadata.
-
-    The graph has a dynamic batch dimension, input `input` float32 (N, C, H, W) and output `embedding`
-    float32 (N, D) (not normalised, like the backbone). The export is checked with onnxruntime on
-    `check_batch` random inputs: every row must have cosine >= `min_cosine` with PyTorch's.
-
-    Returns the card written (the `.pt` card, same version). Raises `ModelLoadError` on failure.
-    """
-    import onnxruntime as ort  # noqa: PLC0415
-
-    model, card = load_checkpoint(model_path)
-    spec = card.input
-    example = torch.randn(
-        max(2, check_batch), spec.channels, spec.height, spec.width, generator=torch.Generator().manual_seed(0)
-    )
-    try:
-        with _quiet_exporter():
-            program = torch.onnx.export(
-                model,
-                (example,),
-                input_names=["input"],
-                output_names=["embedding"],
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
-                dynamo=True,
-                verbose=False,
-            )
-    except Exception as exc:  # the exporter raises many types
-        raise ModelLoadError(f"{model_path}: ONNX export failed: {type(exc).__name__}: {exc}") from exc
-    if program is None:
-        raise ModelLoadError(f"{model_path}: ONNX export returned nothing")
-    proto = program.model_proto
-    proto.producer_name = "facedb"
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    with torch.inference_mode():
-        expected = F.normalize(model(example), dim=1).numpy()
-    got = np.asarray(session.run(None, {"input": example.numpy()})[0], dtype=np.float32)
-    got /= np.linalg.norm(got, axis=1, keepdims=True)
-    cosine = float((expected * got).sum(axis=1).min())
-    if cosine < min_cosine:
-        raise ModelLoadError(f"{model_path}: ONNX output disagrees with PyTorch (min cosine {cosine:.6f})")
-    write_onnx_card(proto, card, Path(out))
-    return card
-
-
-class OnnxEmbedder:
+class OnnxEmbedder(LazyModel[_Session]):
     """`Embedder` backed by an ONNX model run by onnxruntime.
 
     `device`: None picks CUDA when onnxruntime has the CUDA provider, else CPU; "cpu" or "cuda" force
     one. The file is read lazily on first use; `embed` is thread-safe (onnxruntime sessions are).
     Models without calibrated thresholds are refused unless `allow_uncalibrated=True` (see module doc).
+    `checksum_of`: the file whose SHA-256 names the model (default: the ONNX file itself; a `.pt` model
+    served through its ONNX export keeps the `.pt` file's checksum).
     """
 
     def __init__(
@@ -224,7 +169,9 @@ class OnnxEmbedder:
         batch_size: int = 32,
         allow_uncalibrated: bool = False,
         threads: int = 0,
+        checksum_of: Path | None = None,
     ) -> None:
+        super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if device not in (None, "cpu", "cuda") and not str(device).startswith("cuda:"):
@@ -234,11 +181,7 @@ class OnnxEmbedder:
         self._batch_size = batch_size
         self._allow_uncalibrated = allow_uncalibrated
         self._threads = threads
-        self._lock = threading.Lock()
-        self._session: Any = None
-        self._card: ModelCard | None = None
-        self._checksum: str | None = None
-        self._input_name = ""
+        self._checksum_of = Path(checksum_of) if checksum_of is not None else None
 
     @property
     def path(self) -> Path:
@@ -269,111 +212,121 @@ class OnnxEmbedder:
         index = int(self._device.split(":", 1)[1]) if ":" in self._device else 0
         return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
 
-    def load(self) -> None:
-        """Read and verify the model and start an onnxruntime session once; idempotent, thread-safe.
+    def _load(self) -> _Session:
+        """Read and verify the model and start an onnxruntime session.
 
         Raises `ModelLoadError` for a missing/unreadable file, a card that does not match the graph,
         an output that does not match the card, or (unless allowed) a model without thresholds.
         """
-        if self._session is not None:
-            return
-        with self._lock:
-            if self._session is not None:
-                return
-            import onnxruntime as ort  # noqa: PLC0415
+        import onnxruntime as ort  # noqa: PLC0415
 
-            source = str(self._path)
-            try:
-                data = self._path.read_bytes()
-            except OSError as exc:
-                raise ModelLoadError(f"{source}: cannot read model file: {exc}") from exc
-            proto = load_onnx_model(self._path)
-            card = read_onnx_card(proto, source) or foreign_card(proto, source)
-            if not card.thresholds and not self._allow_uncalibrated:
-                raise ModelLoadError(uncalibrated_message(source))
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self._threads
-            options.log_severity_level = 3
-            providers = self._providers()
-            try:
-                session = ort.InferenceSession(str(self._path), sess_options=options, providers=providers)
-            except Exception as exc:  # onnxruntime raises its own exception types
-                raise ModelLoadError(f"{source}: onnxruntime cannot load the model: {exc}") from exc
-            inputs = session.get_inputs()
-            if len(inputs) != 1:
-                raise ModelLoadError(f"{source}: expected one input, found {[i.name for i in inputs]}")
-            self._input_name = inputs[0].name
-            probe = np.zeros((1, card.input.channels, card.input.height, card.input.width), dtype=np.float32)
-            try:
-                out = np.asarray(session.run(None, {self._input_name: probe})[0])
-            except Exception as exc:  # onnxruntime's own types
-                raise ModelLoadError(f"{source}: the model does not accept the card's input spec: {exc}") from exc
-            if out.ndim != 2 or out.shape[0] != 1:
-                raise ModelLoadError(f"{source}: expected an (N, D) output, got shape {out.shape}")
-            if card.arch == "onnx" and card.embedding_dim != out.shape[1] and not card.thresholds:
-                card = card.model_copy(update={"embedding_dim": int(out.shape[1])})
-            if out.shape[1] != card.embedding_dim:
-                raise ModelLoadError(
-                    f"{source}: the model outputs {out.shape[1]}-d embeddings, card says {card.embedding_dim}"
-                )
-            self._checksum = hashlib.sha256(data).hexdigest()
-            self._card = card
-            self._session = session  # published last: other threads test it without the lock
-
-    def _loaded(self) -> tuple[Any, ModelCard, str]:
-        self.load()
-        if self._session is None or self._card is None or self._checksum is None:
-            raise ModelLoadError(f"{self._path}: model is not loaded")
-        return self._session, self._card, self._checksum
+        source = str(self._path)
+        named = self._checksum_of or self._path
+        try:
+            data = named.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"{named}: cannot read model file: {exc}") from exc
+        proto = load_onnx_model(self._path)
+        card = read_onnx_card(proto, source) or foreign_card(proto, source)
+        if not card.thresholds and not self._allow_uncalibrated:
+            raise ModelLoadError(uncalibrated_message(source))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(self._path), sess_options=options, providers=self._providers())
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelLoadError(f"{source}: onnxruntime cannot load the model: {exc}") from exc
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelLoadError(f"{source}: expected one input, found {[i.name for i in inputs]}")
+        probe = np.zeros((1, card.input.channels, card.input.height, card.input.width), dtype=np.float32)
+        try:
+            out = np.asarray(session.run(None, {inputs[0].name: probe})[0])
+        except Exception as exc:  # onnxruntime's own types
+            raise ModelLoadError(f"{source}: the model does not accept the card's input spec: {exc}") from exc
+        if out.ndim != 2 or out.shape[0] != 1:
+            raise ModelLoadError(f"{source}: expected an (N, D) output, got shape {out.shape}")
+        if card.arch == "onnx" and card.embedding_dim != out.shape[1] and not card.thresholds:
+            card = card.model_copy(update={"embedding_dim": int(out.shape[1])})
+        if out.shape[1] != card.embedding_dim:
+            raise ModelLoadError(
+                f"{source}: the model outputs {out.shape[1]}-d embeddings, card says {card.embedding_dim}"
+            )
+        return _Session(
+            session=session, card=card, checksum=hashlib.sha256(data).hexdigest(), input_name=inputs[0].name
+        )
 
     @property
     def card(self) -> ModelCard:
         """The model card (loads the model on first access)."""
-        return self._loaded()[1]
+        return self._state().card
 
     @property
     def checksum(self) -> str:
         """sha256 hex digest of the model file bytes (loads the model on first access)."""
-        return self._loaded()[2]
+        return self._state().checksum
 
     @property
     def providers(self) -> list[str]:
         """onnxruntime execution providers in use (loads the model)."""
-        return list(self._loaded()[0].get_providers())
+        return list(self._state().session.get_providers())
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """uint8 (H, W, 3) RGB images of any sizes -> float32 (N, D) unit rows; (0, D) if N = 0.
 
         Raises ValueError if an image is not a non-empty uint8 (H, W, 3) array.
         """
-        session, card, _ = self._loaded()
-        out = np.empty((len(images), card.embedding_dim), dtype=np.float32)
+        loaded = self._state()
+        out = np.empty((len(images), loaded.card.embedding_dim), dtype=np.float32)
         for start in range(0, len(images), self._batch_size):
-            batch = to_model_input(images[start : start + self._batch_size], card.input)
-            emb = np.asarray(session.run(None, {self._input_name: batch})[0], dtype=np.float32)
+            batch = to_model_input(images[start : start + self._batch_size], loaded.card.input)
+            emb = np.asarray(loaded.session.run(None, {loaded.input_name: batch})[0], dtype=np.float32)
             norms = np.linalg.norm(emb, axis=1, keepdims=True)
             out[start : start + len(batch)] = emb / np.maximum(norms, np.float32(1e-12))
         return out
 
 
-def load_embedder(
-    path: Path, *, device: str | None = None, batch_size: int = 32, allow_uncalibrated: bool = False
-) -> Embedder:
-    """The `Embedder` for a model file, by file type: `.pt`/`.pth` -> TorchEmbedder, `.onnx` -> OnnxEmbedder.
+class ExportedOnnxEmbedder(OnnxEmbedder):
+    """A facedb ``.pt`` model served by onnxruntime through its ONNX export.
 
-    Nothing is read until the embedder's `load()` (or first use). Unless `allow_uncalibrated`, loading a
-    model whose card has no thresholds raises `ModelLoadError` (a served model must be calibrated).
-    Raises `ModelLoadError` for any other suffix.
+    The export is made once (the only time PyTorch is imported) into ``cache_dir`` as ``<sha256 of the .pt>.onnx``,
+    checked against PyTorch (cosine >= 0.999 per row) and written atomically; later loads only read it. The card,
+    version and checksum are the ``.pt`` file's, so the model is the same one to the registry and the user.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in TORCH_SUFFIXES:
-        return TorchEmbedder(path, device=device, batch_size=batch_size, require_thresholds=not allow_uncalibrated)
-    if suffix in ONNX_SUFFIXES:
-        return OnnxEmbedder(path, device=device, batch_size=batch_size, allow_uncalibrated=allow_uncalibrated)
-    raise ModelLoadError(
-        f"{path}: unknown model file type {suffix or '(no suffix)'!r}; expected .pt/.pth (facedb) or .onnx"
-    )
+
+    def __init__(self, pt_path: Path, *, cache_dir: Path | None, **kwargs: Any) -> None:
+        self._pt_path = Path(pt_path)
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "facedb-onnx"
+        super().__init__(self._pt_path, checksum_of=self._pt_path, **kwargs)
+
+    @property
+    def source(self) -> Path:
+        """The ``.pt`` file the user configured."""
+        return self._pt_path
+
+    def _load(self) -> _Session:
+        try:
+            digest = hashlib.sha256(self._pt_path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise ModelLoadError(f"{self._pt_path}: cannot read model file: {exc}") from exc
+        target = self._cache_dir / f"{digest}.onnx"
+        if not target.exists():
+            self._export(target)
+        self._path = target
+        return super()._load()
+
+    def _export(self, target: Path) -> None:
+        from embedding.onnx_export import export_onnx  # noqa: PLC0415 - torch only for a missing export
+
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._cache_dir, suffix=".onnx.tmp")
+        os.close(fd)
+        try:
+            export_onnx(self._pt_path, Path(tmp))
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def card_json(card: ModelCard) -> str:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from embedding.detect import DlibDetector, as_rgb
-from embedding.faceset import central_face
 from embedding.image import decode_image
+from embedding.train.faceset import central_face
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CHIP = 150

@@ -28,10 +28,10 @@ import numpy as np
 
 from embedding.card import ModelCard
 from embedding.checkpoint import load_checkpoint, replace_card
-from embedding.cli import evaluate_model, select_folds, verification_scores
-from embedding.data import read_pairs
-from embedding.evaluation import verification_report
-from embedding.onnx_embedder import load_embedder
+from embedding.embedder import load_embedder
+from embedding.train.cli import evaluate_model, select_folds, verification_scores
+from embedding.train.data import read_pairs
+from embedding.train.evaluation import verification_report
 from scripts.finish_trained_model import embed_speed
 
 REPO = Path(__file__).resolve().parent.parent

@@ -31,17 +31,17 @@ import torch
 
 from embedding.card import ModelCard
 from embedding.checkpoint import load_checkpoint, replace_card
-from embedding.cli import evaluate_model, select_folds
-from embedding.evaluation import pair_scores, verification_report
-from embedding.faceset import align_files
-from embedding.onnx_embedder import load_embedder
+from embedding.embedder import load_embedder
+from embedding.train.cli import evaluate_model, select_folds
+from embedding.train.evaluation import pair_scores, verification_report
+from embedding.train.faceset import align_files
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def teacher_baseline(card: ModelCard, pairs_file: Path, folds: Sequence[int], cache_dir: Path | None) -> dict[str, Any]:
     """dlib's ResNet on the same pairs, with the same detections, k-fold as for the model."""
-    from embedding.data import read_pairs  # noqa: PLC0415
+    from embedding.train.data import read_pairs  # noqa: PLC0415
 
     pairs = select_folds(read_pairs(pairs_file), folds)
     paths = sorted({p.a for p in pairs} | {p.b for p in pairs})

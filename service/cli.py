@@ -15,8 +15,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from embedding import ImageError, ModelLoadError
-from embedding.cli import register as register_embedding_commands
+from embedding.errors import ImageError, ModelLoadError
 from service import schemas
 from service.admin import AdminService
 from service.core import DEFAULT_GALLERY, Upload
@@ -353,10 +352,22 @@ def models_retire(
     typer.echo(f"retired {mv.name}@{mv.version}" + (f"; deleted {removed} templates" if purge else ""))
 
 
-register_embedding_commands(app)  # train, evaluate, calibrate, export-onnx
+TRAINING_COMMANDS = ("train", "evaluate", "calibrate", "import-dlib", "export-onnx")
+"""Commands that live in `embedding.train` (torch, datasets, heads): loaded only when one of them, or the
+command list, is asked for, so that `facedb serve` and the other service commands never import them."""
+
+
+def build_app(argv: list[str]) -> typer.Typer:
+    """The `facedb` app for this command line (the training commands are added when it may need them)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is None or command in TRAINING_COMMANDS:
+        from embedding.train.cli import register  # noqa: PLC0415 - training code only for training commands
+
+        register(app)
+    return app
 
 
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app()
+    build_app(sys.argv[1:])()

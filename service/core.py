@@ -14,7 +14,8 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from embedding import Embedder, ImageError
+from embedding.embedder import Embedder
+from embedding.errors import ImageError
 from embedding.facepath import (
     DetectorPool,
     FaceImage,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from embedding import Embedder, load_embedder
+from embedding.embedder import Embedder, load_embedder
 from service.db import crud
 from service.db.models import ModelStatus, ModelVersion
 from service.errors import FacedbError
@@ -46,7 +46,14 @@ def open_embedder(path: Path, settings: Settings) -> Embedder:
 
     Loading refuses a model without calibrated thresholds: run `facedb calibrate` on it first.
     """
-    return load_embedder(path, device=settings.device, batch_size=settings.embed_batch_size)
+    return load_embedder(
+        path,
+        device=settings.device,
+        batch_size=settings.embed_batch_size,
+        runtime=settings.runtime,
+        onnx_cache=settings.resolved_onnx_cache_dir,
+        threads=settings.torch_threads or 0,
+    )
 
 
 def register(session: Session, *, embedder: Embedder, path: Path, status: ModelStatus) -> ModelVersion:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from embedding import Embedder, ImageError
+from embedding.embedder import Embedder
+from embedding.errors import ImageError
 from embedding.facepath import decode_crop
 from service import registry
 from service.db import crud

@@ -54,10 +54,6 @@ class Runtime:
 
 def build_runtime(settings: Settings, *, batching: bool = True) -> Runtime:
     """Open the database, load the model, and bring the index up to date."""
-    if settings.torch_threads:
-        import torch  # noqa: PLC0415 - only needed for this setting
-
-        torch.set_num_threads(settings.torch_threads)
     set_search_threads(settings.index_threads)
     db = Database(settings.resolved_database_url)
     embedder = registry.open_embedder(settings.resolved_model_path, settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +29,17 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="How often the index catches up with writes made by other processes."
     )
     snapshot_interval_s: float = Field(default=60.0, gt=0, description="How often index snapshots are saved.")
-    device: str | None = Field(default=None, description="torch device for the embedder; empty = auto.")
+    device: str | None = Field(default=None, description="Embedder device (cpu, cuda, cuda:N); empty = auto.")
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        default="auto",
+        description="How a .pt model runs: auto = onnxruntime on CPU (its ONNX export, made once into "
+        "onnx_cache_dir; same version, scores within cosine 0.999), PyTorch where CUDA is present.",
+    )
+    onnx_cache_dir: Path | None = Field(
+        default=None,
+        description="Where ONNX exports of .pt models are kept, named by the .pt file's SHA-256; "
+        "empty = $XDG_CACHE_HOME/facedb/onnx (~/.cache/facedb/onnx).",
+    )
 
     threshold: float | None = Field(
         default=None, ge=-1.0, le=1.0, description="Decision threshold; empty = the model card's default."
@@ -68,7 +79,9 @@ class Settings(BaseSettings):
     embed_batch_wait_ms: float = Field(default=2.0, ge=0, description="How long a micro-batch waits to fill.")
     embed_queue_size: int = Field(default=256, gt=0, description="Queued images before requests get 429.")
     index_threads: int = Field(default=1, gt=0, description="FAISS OpenMP threads per search.")
-    torch_threads: int | None = Field(default=None, gt=0, description="torch intra-op threads; empty = torch's.")
+    torch_threads: int | None = Field(
+        default=None, gt=0, description="Embedder intra-op threads (PyTorch or onnxruntime); empty = the runtime's."
+    )
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -90,10 +103,18 @@ class Settings(BaseSettings):
         return self.index_dir or self.data_dir / "index"
 
     @property
+    def resolved_onnx_cache_dir(self) -> Path:
+        """Where ONNX exports of .pt models are cached (shared by every data directory: names are checksums)."""
+        if self.onnx_cache_dir is not None:
+            return self.onnx_cache_dir
+        cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(cache_home) / "facedb" / "onnx"
+
+    @property
     def resolved_model_path(self) -> Path:
         """The embedder checkpoint to load."""
         if self.model_path is not None:
             return self.model_path
-        from embedding import default_model_path  # noqa: PLC0415 - keeps settings import light
+        from embedding.embedder import default_model_path  # noqa: PLC0415 - keeps settings import light
 
         return default_model_path()

@@ -1,4 +1,4 @@
-"""dlib's ResNet in PyTorch (`embedding.dlib_import`): the reader, equality with dlib itself, the `dlib_150` framing."""
+"""dlib's ResNet in PyTorch (`embedding.train.dlib_import`): the reader, equality with dlib, the `dlib_150` framing."""
 
 from __future__ import annotations
 
@@ -14,18 +14,18 @@ from embedding.align import DLIB_150, canonical_crop, eye_error, model_crop
 from embedding.backbones import _add_zero_padded
 from embedding.card import InputSpec
 from embedding.checkpoint import load_checkpoint, replace_card
-from embedding.cli import register
 from embedding.detect import DetectedFace, DlibDetector
-from embedding.dlib_import import (
+from embedding.torch_embedder import TorchEmbedder
+from embedding.train.cli import register
+from embedding.train.dlib_import import (
     DlibFormatError,
     dlib_model_path,
     import_dlib_model,
     load_dlib_resnet,
     parse_dlib_network,
 )
-from embedding.embedder import TorchEmbedder
-from embedding.faceset import central_face
-from embedding.teacher import DlibTeacher
+from embedding.train.faceset import central_face
+from embedding.train.teacher import DlibTeacher
 from tests.conftest import DATA_ROOT, read_rgb, require_data
 
 PEOPLE = ("Colin_Powell", "Tony_Blair", "Serena_Williams", "Hugo_Chavez")

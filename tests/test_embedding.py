@@ -20,28 +20,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from embedding import (
-    Embedder,
-    ImageError,
-    InputSpec,
-    ModelCard,
-    ModelLoadError,
-    TorchEmbedder,
-    compact_model_path,
-    decode_image,
-    default_model_path,
-    load_checkpoint,
-    save_checkpoint,
-    to_model_input,
-)
 from embedding.backbones import BACKBONES, build_backbone, register
-from embedding.checkpoint import weights_version
-from embedding.data import load_rgb_images
-from embedding.dlib_import import dlib_model_path
-from embedding.errors import IMAGE_ERROR_CODES
-from embedding.evaluation import best_threshold, foldwise_accuracy, rank1_accuracy, roc_auc, threshold_at_far
-from embedding.heads import CosFaceHead
-from embedding.preprocess import center_crop_box
+from embedding.card import InputSpec, ModelCard
+from embedding.checkpoint import load_checkpoint, save_checkpoint, weights_version
+from embedding.embedder import Embedder, compact_model_path, default_model_path
+from embedding.errors import IMAGE_ERROR_CODES, ImageError, ModelLoadError
+from embedding.image import decode_image
+from embedding.preprocess import center_crop_box, to_model_input
+from embedding.torch_embedder import TorchEmbedder
+from embedding.train.data import load_rgb_images
+from embedding.train.dlib_import import dlib_model_path
+from embedding.train.evaluation import best_threshold, foldwise_accuracy, rank1_accuracy, roc_auc, threshold_at_far
+from embedding.train.heads import CosFaceHead
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("FACEDB_DATA_ROOT", REPO / ".." / "shared" / "data"))

@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 from embedding.backbones import build_backbone
 from embedding.card import InputSpec, ModelCard
 from embedding.checkpoint import load_checkpoint, save_checkpoint
-from embedding.cli import register
-from embedding.evaluation import (
+from embedding.embedder import load_embedder
+from embedding.train.cli import register
+from embedding.train.evaluation import (
     IdentificationSplit,
     calibrate_thresholds,
     equal_error_rate,
@@ -28,7 +29,6 @@ from embedding.evaluation import (
     tar_at_far,
     verification_report,
 )
-from embedding.onnx_embedder import load_embedder
 from tests.conftest import DATA_ROOT, require_data
 
 TINY_PARAMS = {
@@ -238,8 +238,8 @@ def test_evaluate_and_calibrate_commands(tmp_path: Path) -> None:
 
 def test_default_model_on_att_identification() -> None:
     att = require_data(DATA_ROOT / "att_faces")
-    from embedding.cli import evaluate_model
     from embedding.embedder import default_model_path
+    from embedding.train.cli import evaluate_model
 
     result = evaluate_model(
         default_model_path(), identification_dir=att, identification_framing="detect", gallery_per_identity=5
@@ -251,7 +251,7 @@ def test_default_model_on_att_identification() -> None:
 
 
 def test_identity_scores_take_the_best_image_per_identity() -> None:
-    from embedding.evaluation import identity_scores
+    from embedding.train.evaluation import identity_scores
 
     rng = np.random.default_rng(2)
     gallery = rng.normal(size=(30, 8))

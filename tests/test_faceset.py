@@ -1,4 +1,4 @@
-"""The serving path applied to data sets (`embedding.faceset`), the dlib teacher, and distillation training."""
+"""The serving path applied to data sets (`embedding.train.faceset`), the dlib teacher, and distillation training."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 from embedding.align import ARCFACE_112, canonical_crop, model_crop
 from embedding.card import InputSpec
 from embedding.checkpoint import load_checkpoint
-from embedding.cli import register
-from embedding.data import DatasetSpec, load_rgb_images
 from embedding.detect import DlibDetector
-from embedding.faceset import align_files, central_face
-from embedding.teacher import DlibTeacher
-from embedding.training import TrainConfig, TrainingError, _centre, train
+from embedding.train.cli import register
+from embedding.train.data import DatasetSpec, load_rgb_images
+from embedding.train.faceset import align_files, central_face
+from embedding.train.teacher import DlibTeacher
+from embedding.train.training import TrainConfig, TrainingError, _centre, train
 from tests.conftest import DATA_ROOT, read_rgb, require_data
 
 SPEC = InputSpec(height=64, width=64, channels=1, mean=0.5, std=0.5, face_template="arcface_112")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embedding.heads import (
+from embedding.train.heads import (
     HEADS,
     ArcFaceHead,
     CombinedMarginHead,
@@ -20,7 +20,7 @@ from embedding.heads import (
     build_head,
     register_head,
 )
-from embedding.losses import ContrastiveLoss, TripletLoss
+from embedding.train.losses import ContrastiveLoss, TripletLoss
 
 D, C = 16, 5
 ANGLES = [0.3, 1.2, 2.0, 2.9, 0.01, math.pi - 0.01]  # include theta near 0 and near pi

@@ -11,13 +11,15 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from embedding import ModelLoadError, OnnxEmbedder, TorchEmbedder, load_embedder
 from embedding.backbones import build_backbone
 from embedding.card import InputSpec, ModelCard
 from embedding.checkpoint import save_checkpoint
-from embedding.cli import calibrate_model, register
-from embedding.embedder import default_model_path
-from embedding.onnx_embedder import CARD_KEY, GRAPH_HASH_KEY, INSIGHTFACE_INPUT, export_onnx, graph_sha256
+from embedding.embedder import default_model_path, load_embedder
+from embedding.errors import ModelLoadError
+from embedding.onnx_embedder import CARD_KEY, GRAPH_HASH_KEY, INSIGHTFACE_INPUT, OnnxEmbedder, graph_sha256
+from embedding.onnx_export import export_onnx
+from embedding.torch_embedder import TorchEmbedder
+from embedding.train.cli import calibrate_model, register
 from tests.test_evaluation import make_pairs_set
 
 MFN = {"in_channels": 3, "input_height": 112, "input_width": 112, "embedding_dim": 128}

@@ -20,8 +20,8 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from embedding import default_model_path, load_checkpoint, save_checkpoint
-from embedding.checkpoint import weights_version
+from embedding.checkpoint import load_checkpoint, save_checkpoint, weights_version
+from embedding.embedder import default_model_path
 from service import schemas
 from service.admin import AdminService
 from service.api import create_app

@@ -10,10 +10,10 @@ import typer
 from typer.testing import CliRunner
 
 from embedding.checkpoint import load_checkpoint
-from embedding.cli import register
-from embedding.data import DatasetSpec, parse_folds, read_pairs
-from embedding.onnx_embedder import load_embedder
-from embedding.training import TrainConfig, TrainingError, train
+from embedding.embedder import load_embedder
+from embedding.train.cli import register
+from embedding.train.data import DatasetSpec, parse_folds, read_pairs
+from embedding.train.training import TrainConfig, TrainingError, train
 from tests.test_evaluation import make_identity_set, make_pairs_set
 
 TINY = {"widths": [8, 16], "blocks": [1], "dropout": 0.0}

@@ -4,7 +4,7 @@ Moved here from `scripts/train_dev_model.py` (which trained the shipped default 
 `facedb train` / `facedb evaluate` prepare data exactly the same way:
 
 - images are decoded with the service's decoder (`embedding.image.decode_image`), *framed* (either the
-  serving path, "detect": detection and alignment, see `embedding.faceset`; or a fixed per-data-set crop,
+  serving path, "detect": detection and alignment, see `embedding.train.faceset`; or a fixed per-data-set crop,
   "lfw" / "yaleb", as the first interim model was trained), passed through
   `embedding.preprocess.to_model_input` and kept in memory as float32 (N, C, H, W), optionally cached
   in a `.npy` file keyed by the input spec, framing and file list;
@@ -28,9 +28,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from embedding.card import InputSpec
-from embedding.faceset import align_files
 from embedding.image import decode_image
 from embedding.preprocess import LUMA_WEIGHTS, to_model_input
+from embedding.train.faceset import align_files
 
 MAX_PIXELS: Final = 4096 * 4096
 IMAGE_SUFFIXES: Final = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pnm", ".gif", ".bmp", ".webp"})
@@ -87,7 +87,7 @@ FRAMINGS: Final[dict[str, Framing]] = {"none": frame_none, "lfw": frame_lfw, "ya
 
 DETECT: Final = "detect"
 """Framing name of the serving path: detect, align to `CANONICAL`, cut the model's template
-(`embedding.faceset.align_files`). It depends on the model's input spec, so it is not in `FRAMINGS`."""
+(`embedding.train.faceset.align_files`). It depends on the model's input spec, so it is not in `FRAMINGS`."""
 
 FRAMING_NAMES: Final = (*FRAMINGS, DETECT)
 """Every framing a data set or evaluation may name."""

@@ -2,7 +2,7 @@
 
 `align_files` gives training and evaluation exactly the crops the service embeds (`embedding.align.
 canonical_crop` then `model_crop`), optionally with the distillation teacher's embedding of each face
-(`embedding.teacher.DlibTeacher`, on the same detection). Work is spread over processes (dlib releases no
+(`embedding.train.teacher.DlibTeacher`, on the same detection). Work is spread over processes (dlib releases no
 GIL), and the result can be cached as one `.npz` keyed by the input spec, detector, teacher and file list.
 
 Which face: the one whose box centre is nearest the image centre (the labelled person of LFW and CelebA
@@ -30,7 +30,7 @@ from embedding.align import ARCFACE_112, canonical_crop, model_crop, template_fo
 from embedding.card import InputSpec
 from embedding.detect import DetectedFace, DlibDetector
 from embedding.image import decode_image
-from embedding.teacher import TEACHER_DIM, DlibTeacher
+from embedding.train.teacher import TEACHER_DIM, DlibTeacher
 
 _CACHE_VERSION: Final = 1
 _MAX_PIXELS: Final = 4096 * 4096

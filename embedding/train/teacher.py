@@ -3,7 +3,7 @@
 The teacher sees each face the way dlib's own pipeline does: its 5-point shape predictor on the face box,
 `dlib.get_face_chip` (150x150 RGB, padding 0.25), then the 29-layer ResNet's 128-d descriptor. It is slow on
 a CPU (about 16 faces/s per core here), so training computes its embeddings once, beside the aligned crops
-(`embedding.faceset`), and never at serving time.
+(`embedding.train.faceset`), and never at serving time.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Metric-learning losses on embedding pairs and triplets (training only).
 
-Margin heads (`embedding.heads`) turn embeddings into logits for cross-entropy; the losses here
+Margin heads (`embedding.train.heads`) turn embeddings into logits for cross-entropy; the losses here
 compare embeddings directly: the contrastive loss of the Siamese-network articles and the triplet loss.
 """
 

@@ -249,7 +249,7 @@ DLIB_TRAINING_NOTE: Final = (
     "with dlib's pairwise metric loss (margin 0.04 around a Euclidean distance of 0.6) on about 3 million faces "
     "of about 7,500 identities (FaceScrub, the VGG Face dataset and images scraped from the web); its author "
     "states that no LFW identity was in that data. Released into the public domain (CC0) and shipped in the "
-    "face_recognition_models package; facedb reads the file with embedding.dlib_import."
+    "face_recognition_models package; facedb reads the file with embedding.train.dlib_import."
 )
 
 

@@ -19,7 +19,11 @@ import typer
 
 from embedding.card import FaceTemplateName, ModelCard
 from embedding.checkpoint import load_checkpoint, replace_card, save_checkpoint
-from embedding.data import (
+from embedding.embedder import ONNX_SUFFIXES, Embedder, load_embedder
+from embedding.errors import ImageError, ModelLoadError
+from embedding.onnx_embedder import foreign_card, load_onnx_model, read_onnx_card, write_onnx_card
+from embedding.onnx_export import export_onnx
+from embedding.train.data import (
     DETECT,
     FRAMING_NAMES,
     AugmentConfig,
@@ -31,9 +35,7 @@ from embedding.data import (
     parse_folds,
     read_pairs,
 )
-from embedding.embedder import Embedder
-from embedding.errors import ImageError, ModelLoadError
-from embedding.evaluation import (
+from embedding.train.evaluation import (
     Calibration,
     IdentificationReport,
     VerificationReport,
@@ -46,16 +48,7 @@ from embedding.evaluation import (
     split_identification,
     verification_report,
 )
-from embedding.onnx_embedder import (
-    ONNX_SUFFIXES,
-    export_onnx,
-    foreign_card,
-    load_embedder,
-    load_onnx_model,
-    read_onnx_card,
-    write_onnx_card,
-)
-from embedding.training import TrainConfig, TrainingError, train
+from embedding.train.training import TrainConfig, TrainingError, train
 
 DEFAULT_FARS = (1e-1, 1e-2, 1e-3)
 
@@ -563,7 +556,7 @@ def import_dlib_command(
     float32: Annotated[bool, typer.Option("--float32", help="Store float32 weights (default float16).")] = False,
 ) -> None:
     """Convert dlib's face recognition ResNet (CC0) into a facedb model; calibrate it before serving."""
-    from embedding.dlib_import import import_dlib_model  # noqa: PLC0415 - only this command needs it
+    from embedding.train.dlib_import import import_dlib_model  # noqa: PLC0415 - only this command needs it
 
     with _clean_errors():
         if out.suffix.lower() != ".pt":

@@ -1,10 +1,10 @@
 """Training a face embedder with a margin head: the engine behind `facedb train`.
 
-Data: one or more one-folder-per-identity sets (`embedding.data.DatasetSpec`), decoded, framed (framing
+Data: one or more one-folder-per-identity sets (`embedding.train.data.DatasetSpec`), decoded, framed (framing
 "detect" is the serving path: detect, align, cut the model's face template) and preprocessed once with the
-model's `InputSpec`, and kept in memory; augmentation (`embedding.data.augment`) runs on those tensors.
+model's `InputSpec`, and kept in memory; augmentation (`embedding.train.data.augment`) runs on those tensors.
 Optional knowledge distillation (`distill="dlib"`): the teacher's embedding of each detected face
-(`embedding.teacher`) is a target for the student's own embedding, `distill_weight * (1 - cos)`, added to
+(`embedding.train.teacher`) is a target for the student's own embedding, `distill_weight * (1 - cos)`, added to
 the margin head's cross-entropy. Backbone and head are built by name from the
 registries. SGD (Nesterov) or Adam, linear warm-up then cosine decay, weight decay on weights only,
 AMP (float16 autocast + GradScaler) on CUDA, fixed seeds, a resumable state file written after every
@@ -12,7 +12,7 @@ epoch (`<out>.state`), and one model file at the end via `save_checkpoint` whose
 architecture, input spec, training sets, held-out identities and the training history.
 
 Thresholds are not part of training: the card is written uncalibrated (empty thresholds) and then,
-when calibration pairs are given, calibrated through the saved file (`embedding.cli.calibrate_model`).
+when calibration pairs are given, calibrated through the saved file (`embedding.train.cli.calibrate_model`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from tqdm import tqdm
 from embedding.backbones import build_backbone
 from embedding.card import FaceTemplateName, InputSpec, ModelCard
 from embedding.checkpoint import save_checkpoint
-from embedding.data import (
+from embedding.preprocess import to_model_input
+from embedding.train.data import (
     DETECT,
     AugmentConfig,
     DatasetSpec,
@@ -48,10 +49,9 @@ from embedding.data import (
     prepare_inputs,
     select_images,
 )
-from embedding.faceset import align_files
-from embedding.heads import build_head
-from embedding.preprocess import to_model_input
-from embedding.teacher import TEACHER_DIM, TEACHER_NAME
+from embedding.train.faceset import align_files
+from embedding.train.heads import build_head
+from embedding.train.teacher import TEACHER_DIM, TEACHER_NAME
 
 
 class TrainingError(RuntimeError):
@@ -164,7 +164,7 @@ class TrainData:
 def load_train_data(config: TrainConfig) -> TrainData:
     """List, filter and preprocess every training image of `config.data` (see module doc).
 
-    Data sets with framing "detect" go through the serving path (`embedding.faceset.align_files`). With
+    Data sets with framing "detect" go through the serving path (`embedding.train.faceset.align_files`). With
     `config.distill`, every data set must use it; images of identities with fewer than `min_images` images
     are then kept for the distillation loss alone (label -1) rather than dropped.
     """
