@@ -91,6 +91,6 @@ def test_a_broken_export_is_not_kept(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a model")
     cache = tmp_path / "cache"
-    with pytest.raises(Exception, match="bad.pt"):
+    with pytest.raises(Exception, match=r"bad\.pt"):
         ExportedOnnxEmbedder(bad, cache_dir=cache).load()
     assert not cache.exists() or not list(cache.iterdir())
