@@ -6,10 +6,13 @@
 - Probes: every other image of an enrolled identity (rank-1 among probes where a face was found, and how often
   the default threshold accepts the right person), and every image of a stranger (how often it is rejected).
 - Failure to acquire: probes where no face was found.
-- Each `--model` (default: the shipped default model, then the shipped compact model as the baseline) runs the
-  whole protocol in its own fresh server and database, one after the other in the same run.
+- False faces: photos without faces (`benchmarks.nofaces`: tiles of scikit-learn's sample photos, blob images and
+  face-free CelebA background crops) sent to identify; every answer with a face is a false face.
+- Each `--model` x `--detector` pair (default: the shipped default model with YuNet, then with dlib's HOG as the
+  baseline) runs the whole protocol in its own fresh server and database, one after the other in the same run.
 
-    python -m benchmarks.celeba_enrollment [--enrolled 100] [--model PATH ...] [--out celeba.json]
+    python -m benchmarks.celeba_enrollment [--enrolled 100] [--model PATH ...] [--detector yunet --detector hog]
+        [--out celeba.json]
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Any
 import httpx
 
 from benchmarks.identify_latency import DATA_ROOT, machine_info, running_server
-from embedding.embedder import compact_model_path, default_model_path
+from benchmarks.nofaces import backgrounds, png, scenes
+from embedding.embedder import default_model_path
 from service.db import migrate
 from service.db.engine import Database
 
@@ -39,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--enrolled", type=int, default=100)
     parser.add_argument("--model", type=Path, action="append", help="model file; repeatable (default: shipped)")
+    parser.add_argument("--detector", action="append", help="FACEDB_DETECTOR; repeatable (default: yunet, hog)")
+    parser.add_argument("--backgrounds", type=int, default=300, help="face-free CelebA crops sent as probes")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     root = DATA_ROOT / "celeba_subset"
@@ -46,17 +52,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"CelebA subset not found at {root}", file=sys.stderr)
         return 2
     people = sorted(p for p in root.iterdir() if p.is_dir())
-    models = args.model or [default_model_path(), compact_model_path()]
+    models = args.model or [default_model_path()]
+    detectors = args.detector or ["yunet", "hog"]
+    no_faces = [png(image) for image in [*scenes(), *backgrounds(args.backgrounds)]]
     reports = []
     for model in models:
-        print(f"\n== {model}", flush=True)
-        reports.append(run(model, people[: args.enrolled], people[args.enrolled :]))
+        for detector in detectors:
+            print(f"\n== {model} with detector {detector}", flush=True)
+            reports.append(run(model, detector, people[: args.enrolled], people[args.enrolled :], no_faces))
     if args.out:
         args.out.write_text(json.dumps(reports, indent=2, default=str))
     return 0
 
 
-def run(model: Path, enrolled_people: Sequence[Path], strangers: Sequence[Path]) -> dict[str, Any]:
+def run(
+    model: Path, detector: str, enrolled_people: Sequence[Path], strangers: Sequence[Path], no_faces: Sequence[bytes]
+) -> dict[str, Any]:
     """The whole protocol against a fresh server serving `model`; prints and returns the figures."""
     info = machine_info()
     with tempfile.TemporaryDirectory(prefix="facedb-celeba-") as tmp_s:
@@ -65,6 +76,7 @@ def run(model: Path, enrolled_people: Sequence[Path], strangers: Sequence[Path])
             "FACEDB_DATA_DIR": str(tmp / "data"),
             "FACEDB_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
             "FACEDB_MODEL_PATH": str(model),
+            "FACEDB_DETECTOR": detector,
         }
         db = Database(env["FACEDB_DATABASE_URL"])
         migrate.upgrade(db.engine)
@@ -89,8 +101,7 @@ def run(model: Path, enrolled_people: Sequence[Path], strangers: Sequence[Path])
             enrol_s = time.perf_counter() - t0
 
             def probe(f: Path) -> dict[str, Any]:
-                body: dict[str, Any] = c.post("/identify", files={"image": (f.name, f.read_bytes())}).json()
-                return body
+                return probe_bytes(c, f.name, f.read_bytes())
 
             mated = fta = rank1 = accepted_right = accepted_wrong = 0
             latencies: list[float] = []
@@ -124,6 +135,7 @@ def run(model: Path, enrolled_people: Sequence[Path], strangers: Sequence[Path])
                         stranger_fta += 1
                     elif res["match"] is None:
                         stranger_rejected += 1
+            false_faces = sum(1 for i, data in enumerate(no_faces) if probe_bytes(c, f"noface{i}.png", data)["faces"])
             last = probe(next(iter(enrolled_with.values())))
             threshold, served = last["threshold"], last["model_version"]
 
@@ -133,6 +145,7 @@ def run(model: Path, enrolled_people: Sequence[Path], strangers: Sequence[Path])
     report = {
         "model": str(model),
         "model_version": served,
+        "detector": detector,
         "machine": info,
         "identities_enrolled": len(enrolled_with),
         "identities_tried": len(enrolled_people),
@@ -148,8 +161,10 @@ def run(model: Path, enrolled_people: Sequence[Path], strangers: Sequence[Path])
         "stranger_fta": stranger_fta,
         "stranger_rejected_of_acquired": stranger_rejected / s_acquired if s_acquired else None,
         "identify_p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
+        "no_face_images": len(no_faces),
+        "no_face_images_with_a_face": false_faces,
     }
-    print(f"model served: {served}")
+    print(f"model served: {served}; detector: {detector}")
     print(f"machine: {info['cpu_model']}; {info['usable_cpus']} CPUs; load at start {info['loadavg_1_5_15']}")
     print(
         f"enrolled {len(enrolled_with)} of {len(enrolled_people)} identities (one photo each) in {enrol_s:.1f} s; "
@@ -165,8 +180,15 @@ def run(model: Path, enrolled_people: Sequence[Path], strangers: Sequence[Path])
         f"strangers ({len(strangers)} identities never enrolled): {stranger_probes} probes, no face in "
         f"{stranger_fta}; rejected at the default threshold: {report['stranger_rejected_of_acquired']:.3f}"
     )
+    print(f"images without faces: {false_faces} of {len(no_faces)} answered with a face")
     print(f"identify p50 over HTTP with detection: {report['identify_p50_ms']:.1f} ms", flush=True)
     return report
+
+
+def probe_bytes(client: httpx.Client, name: str, data: bytes) -> dict[str, Any]:
+    """Identify's answer for one uploaded image."""
+    body: dict[str, Any] = client.post("/identify", files={"image": (name, data)}).json()
+    return body
 
 
 if __name__ == "__main__":

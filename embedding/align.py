@@ -284,12 +284,3 @@ def eye_error(landmarks: np.ndarray, template: FaceTemplate, size: tuple[int, in
 def canonical_crop(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """uint8 (256, 256, 3) face aligned to `CANONICAL` from an image and its float (5, 2) landmarks."""
     return align_face(image, landmarks, template=CANONICAL)
-
-
-def model_crop(canonical: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Cut a model's own framing (`template_for_spec(spec)`) from a `CANONICAL` crop -> uint8 (h, w, 3).
-
-    This second similarity transform is the one place every path (training, evaluation, serving, re-indexing)
-    goes from the stored crop to the model's face template.
-    """
-    return align_face(canonical, CANONICAL.continuous_points(), template=template_for_spec(spec))

@@ -27,6 +27,9 @@ class InputSpec(BaseModel):
     `face_template` names the aligned crop the model was trained on (`embedding.align.TEMPLATES`):
     the service detects faces, aligns each to that template and then applies the steps above.
     None (cards written before alignment existed) means AT&T-style head crops, i.e. "head_92x112".
+
+    `flip`: each face is embedded together with its mirror image and the embedding is the normalised sum of the
+    two (test-time augmentation; twice the network cost). Thresholds are calibrated with the same setting.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -38,6 +41,7 @@ class InputSpec(BaseModel):
     std: float = Field(gt=0)
     resize: Literal["stretch", "center_crop"] = "center_crop"
     face_template: FaceTemplateName | None = None
+    flip: bool = False
 
 
 class ModelCard(BaseModel):

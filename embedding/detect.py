@@ -26,6 +26,8 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from embedding.lazy import LazyModel
+
 LANDMARK_NAMES: Final[tuple[str, ...]] = ("left_eye", "right_eye", "nose_tip", "mouth_left", "mouth_right")
 """Row names of `DetectedFace.landmarks`; left/right are image left/right (ArcFace order)."""
 
@@ -187,14 +189,15 @@ class _Models:
     predictor: Any
 
 
-class DlibDetector:
+class DlibDetector(LazyModel[_Models]):
     """`Detector` backed by dlib: HOG (fast, frontal) or mmod CNN (slower, more pose-tolerant).
 
     Args:
         backend: "hog" (`dlib.get_frontal_face_detector`) or "cnn" (`mmod_human_face_detector.dat`).
-        landmarks: "68" (68-point predictor; eye centres = corner midpoints 36/39 and 42/45, nose tip 30,
-            mouth corners 48/54) or "5" (5-point predictor; eye centres = corner midpoints, nose tip
-            and mouth corners estimated from the eyes and the nose base).
+        landmarks: "5" (dlib's public-domain 5-point predictor; eye centres = corner midpoints, nose tip and mouth
+            corners estimated from the eyes and the nose base) or "68" (68-point predictor; eye centres = corner
+            midpoints 36/39 and 42/45, nose tip 30, mouth corners 48/54; trained on iBUG 300-W, whose terms forbid
+            commercial use, so it is opt-in).
         upsample: dlib pyramid upsamplings of the working image (each doubles it; costs about 4x time).
         min_face_size: smallest face box side in px of the input image that must be found; small
             images are enlarged before detection so that such faces reach the detector's window,
@@ -222,7 +225,7 @@ class DlibDetector:
         self,
         *,
         backend: DetectorBackend = "hog",
-        landmarks: LandmarkModel = "68",
+        landmarks: LandmarkModel = "5",
         upsample: int = 1,
         min_face_size: int = 40,
         min_image_side: int = 200,
@@ -232,6 +235,7 @@ class DlibDetector:
         rotation_fallback: Sequence[float] = (-45.0, 45.0),
         rotation_margin: float = 0.25,
     ) -> None:
+        super().__init__()
         if backend not in ("hog", "cnn"):
             raise ValueError(f"backend must be 'hog' or 'cnn', got {backend!r}")
         if landmarks not in ("68", "5"):
@@ -258,9 +262,7 @@ class DlibDetector:
         self._rotation_margin = float(rotation_margin)
         if not all(math.isfinite(a) for a in self._rotation_fallback):
             raise ValueError(f"rotation_fallback angles must be finite, got {rotation_fallback}")
-        self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()  # dlib's detectors keep scratch buffers; serialise calls
-        self._models: _Models | None = None
 
     @property
     def name(self) -> str:
@@ -282,31 +284,20 @@ class DlibDetector:
         """Smallest face box side in px that is reported."""
         return self._min_face_size
 
-    def load(self) -> None:
-        """Read the dlib models once (about 0.7 s with the 68-point predictor); thread-safe."""
-        if self._models is not None:
-            return
-        with self._load_lock:
-            if self._models is not None:
-                return
-            import dlib  # noqa: PLC0415 - heavy native module, imported on first use only
-            import face_recognition_models as frm  # noqa: PLC0415
+    def _load(self) -> _Models:
+        """Read the dlib models (about 0.7 s with the 68-point predictor)."""
+        import dlib  # noqa: PLC0415 - heavy native module, imported on first use only
+        import face_recognition_models as frm  # noqa: PLC0415
 
-            if self._backend == "hog":
-                detector = dlib.get_frontal_face_detector()
-            else:
-                detector = dlib.cnn_face_detection_model_v1(frm.cnn_face_detector_model_location())
-            if self._landmark_model == "68":
-                predictor = dlib.shape_predictor(frm.pose_predictor_model_location())
-            else:
-                predictor = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
-            self._models = _Models(detector=detector, predictor=predictor)
-
-    def _loaded(self) -> _Models:
-        self.load()
-        if self._models is None:
-            raise RuntimeError("detector models failed to load")
-        return self._models
+        if self._backend == "hog":
+            detector = dlib.get_frontal_face_detector()
+        else:
+            detector = dlib.cnn_face_detection_model_v1(frm.cnn_face_detector_model_location())
+        if self._landmark_model == "68":
+            predictor = dlib.shape_predictor(frm.pose_predictor_model_location())
+        else:
+            predictor = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+        return _Models(detector=detector, predictor=predictor)
 
     def _working_scale(self, height: int, width: int) -> float:
         """Factor from input pixels to the detector's working image."""
@@ -335,29 +326,7 @@ class DlibDetector:
 
     def _landmarks(self, models: _Models, image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
         """float32 (5, 2) landmarks for a box on the full-resolution image."""
-        import dlib  # noqa: PLC0415
-
-        rect = dlib.rectangle(round(box[0]), round(box[1]), round(box[2]) - 1, round(box[3]) - 1)
-        shape = models.predictor(image, rect)
-        pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64) + 0.5
-        if self._landmark_model == "68":
-            out = np.stack(
-                [
-                    (pts[36] + pts[39]) / 2.0,
-                    (pts[42] + pts[45]) / 2.0,
-                    pts[30],
-                    pts[48],
-                    pts[54],
-                ]
-            )
-        else:
-            # dlib 5-point: 0, 1 = outer/inner corner of the image-right eye; 2, 3 = outer/inner corner
-            # of the image-left eye; 4 = nose base.
-            left_eye = (pts[2] + pts[3]) / 2.0
-            right_eye = (pts[0] + pts[1]) / 2.0
-            rest = _estimate_from_five(left_eye, right_eye, pts[4])
-            out = np.concatenate([left_eye[None], right_eye[None], rest])
-        return out.astype(np.float32)
+        return dlib_landmarks(models.predictor, image, box, self._landmark_model)
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """Find faces in a uint8 (H, W, 3) RGB or (H, W) grey image.
@@ -366,7 +335,7 @@ class DlibDetector:
         Raises TypeError / ValueError for a non-image input.
         """
         rgb = as_rgb(image)
-        models = self._loaded()
+        models = self._state()
         faces, tilted = self._detect_upright(models, rgb)
         if not self._rotation_fallback or (faces and not tilted):
             return faces
@@ -459,3 +428,110 @@ class DlibDetector:
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[DetectedFace]]:
         """`detect` on each image, in order."""
         return [self.detect(image) for image in images]
+
+
+def dlib_landmarks(
+    predictor: Any, image: np.ndarray, box: tuple[float, float, float, float], model: LandmarkModel
+) -> np.ndarray:
+    """float32 (5, 2) landmarks in `LANDMARK_NAMES` order from a dlib shape predictor run on ``box``.
+
+    "68": eye centres = corner midpoints 36/39 and 42/45, nose tip 30, mouth corners 48/54. "5": eye centres =
+    corner midpoints of the 5-point model's eyes; nose tip and mouth corners estimated from the eyes and the nose
+    base (`_FIVE_POINT_COEF`).
+    """
+    import dlib  # noqa: PLC0415
+
+    rect = dlib.rectangle(round(box[0]), round(box[1]), round(box[2]) - 1, round(box[3]) - 1)
+    pts = np.array([(p.x, p.y) for p in predictor(image, rect).parts()], dtype=np.float64) + 0.5
+    if model == "68":
+        out = np.stack([(pts[36] + pts[39]) / 2.0, (pts[42] + pts[45]) / 2.0, pts[30], pts[48], pts[54]])
+    else:
+        # dlib 5-point: 0, 1 = outer/inner corner of the image-right eye; 2, 3 = image-left eye; 4 = nose base.
+        left_eye = (pts[2] + pts[3]) / 2.0
+        right_eye = (pts[0] + pts[1]) / 2.0
+        out = np.concatenate([left_eye[None], right_eye[None], _estimate_from_five(left_eye, right_eye, pts[4])])
+    return out.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class BoxMap:
+    """Maps another detector's box to the box dlib's HOG detector draws around the same face (what dlib's landmark
+    predictors were trained on): centre x + ``dx`` * w, centre y + ``dy`` * h, square side ``sw`` * w + ``sh`` * h."""
+
+    dx: float
+    dy: float
+    sw: float
+    sh: float
+
+    def __call__(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        x0, y0, x1, y1 = box
+        w, h = x1 - x0, y1 - y0
+        cx, cy = (x0 + x1) / 2 + self.dx * w, (y0 + y1) / 2 + self.dy * h
+        half = max(1.0, self.sw * w + self.sh * h) / 2
+        return cx - half, cy - half, cx + half, cy + half
+
+
+YUNET_TO_HOG: Final = BoxMap(dx=-0.0375, dy=0.0189, sw=1.2127, sh=-0.1043)
+"""Least-squares fit over 448 faces both detectors find once (AT&T, Yale A, Extended Yale B: sets no LFW or CelebA
+figure uses), `python -m scripts.fit_box_map`; median residual 4% of the face width."""
+
+
+class DlibLandmarks(LazyModel[Any]):
+    """`Detector` wrapper: another detector's faces, their landmarks measured again by a dlib shape predictor.
+
+    dlib's ResNet (the default model) and facedb's own models were trained on faces framed by dlib's landmarks,
+    so a YuNet face gets dlib's 5-point landmarks (public domain) on its box mapped by `YUNET_TO_HOG`. Measured on
+    LFW folds 7-9 (`benchmarks/fidelity.py`): TAR at FAR 1e-3 0.930 with these landmarks against 0.912 with
+    YuNet's own points and 0.918 for dlib's whole pipeline.
+    """
+
+    def __init__(self, detector: Detector, *, model: LandmarkModel = "5", box_map: BoxMap = YUNET_TO_HOG) -> None:
+        super().__init__()
+        if model not in ("68", "5"):
+            raise ValueError(f"landmark model must be '68' or '5', got {model!r}")
+        self._detector = detector
+        self._model: LandmarkModel = model
+        self._box_map = box_map
+        self._run_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """e.g. "yunet+dlib5"."""
+        return f"{self._detector.name}+dlib{self._model}"
+
+    def _load(self) -> Any:
+        import dlib  # noqa: PLC0415 - heavy native module, imported on first use only
+        import face_recognition_models as frm  # noqa: PLC0415
+
+        self._detector.load()
+        if self._model == "68":
+            return dlib.shape_predictor(frm.pose_predictor_model_location())
+        return dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+
+    def refine(self, image: np.ndarray, faces: Sequence[DetectedFace]) -> list[DetectedFace]:
+        """The same faces (same order, boxes and scores) with dlib's landmarks."""
+        predictor = self._state()
+        rgb = as_rgb(image)
+        out = []
+        with self._run_lock:
+            for face in faces:
+                points = dlib_landmarks(predictor, rgb, self._box_map(face.box), self._model)
+                out.append(
+                    DetectedFace(
+                        box=face.box,
+                        score=face.score,
+                        landmarks=points,
+                        detector=face.detector,
+                        landmark_model=f"dlib{self._model}",
+                    )
+                )
+        return out
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        """The wrapped detector's faces, largest first, with dlib's landmarks."""
+        return self.refine(image, self._detector.detect(image))
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[DetectedFace]]:
+        """`detect` for each image (the wrapped detector runs them as one batch)."""
+        found = self._detector.detect_batch(images)
+        return [self.refine(image, faces) for image, faces in zip(images, found, strict=True)]

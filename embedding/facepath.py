@@ -28,7 +28,7 @@ from PIL import Image
 
 from embedding.align import CANONICAL, align_face, canonical_crop, template_for_spec
 from embedding.card import InputSpec
-from embedding.detect import DetectedFace, Detector, DlibDetector
+from embedding.detect import DetectedFace, Detector, DlibDetector, DlibLandmarks
 from embedding.errors import ImageError
 from embedding.image import decode_image
 from embedding.quality import Failure, QualityReport, QualitySettings, assess, assess_image
@@ -41,14 +41,24 @@ DETECTOR_KINDS: Final[tuple[str, ...]] = ("yunet", "hog", "cnn")
 STORED_CROP_MAX_PIXELS: Final = 64_000_000
 
 
-def build_detector(kind: DetectorKind = "yunet", *, landmarks: Literal["5", "68"] = "5") -> Detector:
-    """A detector by name. ``landmarks`` applies to dlib's detectors only: "5" (dlib's public-domain 5-point
-    model, the default) or "68" (iBUG 300-W terms: not for commercial use, opt-in)."""
+LandmarkSource = Literal["5", "68", "yunet"]
+
+
+def build_detector(kind: DetectorKind = "yunet", *, landmarks: LandmarkSource = "5") -> Detector:
+    """A detector by name, with the landmarks faces are aligned by.
+
+    ``landmarks``: "5" (default) dlib's public-domain 5-point predictor, the framing dlib's ResNet and facedb's
+    models were trained on; "68" dlib's 68-point predictor (trained on iBUG 300-W, whose terms forbid commercial
+    use: opt-in only); "yunet" YuNet's own five points (YuNet detector only).
+    """
+    if kind not in DETECTOR_KINDS:
+        raise ValueError(f"unknown detector {kind!r}; known: {', '.join(DETECTOR_KINDS)}")
     if kind == "yunet":
-        return YuNetDetector()
-    if kind in ("hog", "cnn"):
-        return DlibDetector(backend=kind, landmarks=landmarks)
-    raise ValueError(f"unknown detector {kind!r}; known: {', '.join(DETECTOR_KINDS)}")
+        yunet = YuNetDetector()
+        return yunet if landmarks == "yunet" else DlibLandmarks(yunet, model=landmarks)
+    if landmarks == "yunet":
+        raise ValueError("landmarks 'yunet' need the yunet detector")
+    return DlibDetector(backend=kind, landmarks=landmarks)
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,10 +84,9 @@ class FaceImage:
         """The face as a model with this input spec expects it (uint8 (h, w, 3) RGB)."""
         if not self.aligned:
             return self.image
-        template = template_for_spec(spec)
         if self.source is not None and self.detection is not None:
-            return align_face(self.source, self.detection.landmarks, template=template)
-        return align_face(self.image, CANONICAL.continuous_points(), template=template)
+            return model_face(self.source, self.detection.landmarks, spec)
+        return model_face(self.image, CANONICAL.continuous_points(), spec)
 
     def detection_record(self) -> dict[str, Any] | None:
         """Detector, box, landmarks, score and quality measures, for the database and API answers."""
@@ -110,6 +119,15 @@ class FaceRejectedError(Exception):
 def decode(data: bytes, *, max_pixels: int) -> np.ndarray:
     """Untrusted image bytes -> uint8 (H, W, 3) RGB; raises `ImageError` with a stable code."""
     return decode_image(data, max_pixels=max_pixels)
+
+
+def model_face(image: np.ndarray, landmarks: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The model's own framing (``spec.face_template``) cut from an image by one similarity transform.
+
+    image: uint8 (H, W, 3); landmarks: float (5, 2) in `embedding.detect.LANDMARK_NAMES` order.
+    Returns uint8 (h, w, 3) at the template's size.
+    """
+    return align_face(image, landmarks, template=template_for_spec(spec))
 
 
 def whole_image(image: np.ndarray, *, max_side: int) -> FaceImage:
@@ -195,12 +213,14 @@ __all__ = [
     "FaceImage",
     "FaceRejectedError",
     "ImageError",
+    "LandmarkSource",
     "aligned_face",
     "build_detector",
     "decode",
     "decode_crop",
     "encode_crop",
     "enrolment_face",
+    "model_face",
     "probe_faces",
     "whole_image",
 ]

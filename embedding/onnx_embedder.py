@@ -37,7 +37,7 @@ from embedding.card import InputSpec, ModelCard
 from embedding.embedder import uncalibrated_message
 from embedding.errors import ModelLoadError
 from embedding.lazy import LazyModel
-from embedding.preprocess import to_model_input
+from embedding.preprocess import embed_faces
 
 CARD_KEY: Final = "facedb.card"
 GRAPH_HASH_KEY: Final = "facedb.graph_sha256"
@@ -278,13 +278,13 @@ class OnnxEmbedder(LazyModel[_Session]):
         Raises ValueError if an image is not a non-empty uint8 (H, W, 3) array.
         """
         loaded = self._state()
-        out = np.empty((len(images), loaded.card.embedding_dim), dtype=np.float32)
-        for start in range(0, len(images), self._batch_size):
-            batch = to_model_input(images[start : start + self._batch_size], loaded.card.input)
-            emb = np.asarray(loaded.session.run(None, {loaded.input_name: batch})[0], dtype=np.float32)
-            norms = np.linalg.norm(emb, axis=1, keepdims=True)
-            out[start : start + len(batch)] = emb / np.maximum(norms, np.float32(1e-12))
-        return out
+        if not images:
+            return np.zeros((0, loaded.card.embedding_dim), dtype=np.float32)
+
+        def forward(x: np.ndarray) -> np.ndarray:
+            return np.asarray(loaded.session.run(None, {loaded.input_name: x})[0])
+
+        return embed_faces(forward, images, loaded.card.input, batch_size=self._batch_size)
 
 
 class ExportedOnnxEmbedder(OnnxEmbedder):

@@ -6,7 +6,7 @@ prepared the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import numpy as np
@@ -63,7 +63,7 @@ def to_model_input(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
 
     Args:
         images: RGB uint8 arrays of shape (H, W, 3); sizes may differ. The whole image is treated
-            as the face: detection and alignment come before (`embedding.align.model_crop`).
+            as the face: detection and alignment come before (`embedding.facepath.model_face`).
         spec: the model's `InputSpec` (crop/resize, channels, normalisation).
 
     Returns:
@@ -79,3 +79,33 @@ def to_model_input(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
         _check_image(image, index)
         out[index] = _prepare_one(image, spec)
     return out
+
+
+def embed_faces(
+    forward: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarray], spec: InputSpec, *, batch_size: int
+) -> np.ndarray:
+    """Run a network over faces in batches: the one embedding loop of every runtime.
+
+    Args:
+        forward: float32 (n, C, H, W) model input -> float (n, D) raw embeddings.
+        images: uint8 (H, W, 3) RGB faces of any sizes.
+        spec: how to prepare them; with ``spec.flip`` each face and its mirror image share a batch and the
+            embedding is the normalised sum of their two normalised outputs.
+        batch_size: faces per call of ``forward`` (a flipped batch holds twice as many inputs).
+
+    Returns:
+        float32 (N, D) unit rows; (0, 0) when there are no images.
+    """
+    rows: list[np.ndarray] = []
+    for start in range(0, len(images), batch_size):
+        x = to_model_input(images[start : start + batch_size], spec)
+        n = len(x)
+        if spec.flip:
+            x = np.concatenate([x, np.ascontiguousarray(x[:, :, :, ::-1])])
+        emb = _unit(np.asarray(forward(x), dtype=np.float32))
+        rows.append(_unit(emb[:n] + emb[n:]) if spec.flip else emb)
+    return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12)), dtype=np.float32)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from embedding.card import ModelCard
@@ -17,7 +16,7 @@ from embedding.checkpoint import load_checkpoint_bytes
 from embedding.embedder import uncalibrated_message
 from embedding.errors import ModelLoadError
 from embedding.lazy import LazyModel
-from embedding.preprocess import to_model_input
+from embedding.preprocess import embed_faces
 
 
 @dataclass(frozen=True)
@@ -112,11 +111,11 @@ class TorchEmbedder(LazyModel[_Loaded]):
             ValueError: if an image is not a non-empty uint8 (H, W, 3) array.
         """
         loaded = self._state()
-        out = np.empty((len(images), loaded.card.embedding_dim), dtype=np.float32)
+        if not images:
+            return np.zeros((0, loaded.card.embedding_dim), dtype=np.float32)
+
+        def forward(x: np.ndarray) -> np.ndarray:
+            return np.asarray(loaded.model(torch.from_numpy(x).to(self._device)).float().cpu().numpy())
+
         with torch.inference_mode():
-            for start in range(0, len(images), self._batch_size):
-                batch = to_model_input(images[start : start + self._batch_size], loaded.card.input)
-                x = torch.from_numpy(batch).to(self._device)
-                emb = F.normalize(loaded.model(x).float(), dim=1)
-                out[start : start + len(batch)] = emb.cpu().numpy()
-        return out
+            return embed_faces(forward, images, loaded.card.input, batch_size=self._batch_size)

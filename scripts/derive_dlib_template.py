@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = sorted(root.glob("*/*.jpg"))
     rng = np.random.default_rng(args.seed)
     picked = [files[i] for i in rng.choice(len(files), size=min(args.faces, len(files)), replace=False)]
-    detector = DlibDetector()
+    detector = DlibDetector(landmarks="68")
     predictor5 = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
     mapped: list[np.ndarray] = []
     for path in picked:

@@ -164,7 +164,7 @@ service L2-normalises the {card.embedding_dim}-d embedding; scores are cosine si
 1. Face detection: dlib HOG with 68-point landmarks reduced to 5 points (`embedding/detect.py`).
 2. Alignment: similarity transform of the 5 landmarks to the canonical 256x256 head crop that the service stores,
    then to the `{spec.face_template}` template (the ArcFace/insightface 112x112 five-point layout)
-   (`embedding.align.canonical_crop`, `model_crop`).
+   (`embedding.facepath.model_face`).
 3. `InputSpec`: {spec.height}x{spec.width}, {spec.channels} channel(s) (grey = ITU-R 601 luma), antialiased
    bilinear resize of the 112x112 crop, `(x / 255 - {spec.mean}) / {spec.std}` (`embedding/preprocess.py`).
 

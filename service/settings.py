@@ -49,10 +49,10 @@ class Settings(BaseSettings):
         default="yunet",
         description="YuNet on onnxruntime (MIT, 5 landmarks, ~3 ms), dlib's HOG (~30 ms) or dlib's CNN (0.3-2 s).",
     )
-    detector_landmarks: Literal["5", "68"] = Field(
+    detector_landmarks: Literal["5", "68", "yunet"] = Field(
         default="5",
-        description="dlib detectors only: the public-domain 5-point model, or the 68-point model whose iBUG 300-W "
-        "training data forbids commercial use (opt-in).",
+        description="Landmarks faces are aligned by: dlib's public-domain 5-point model (default), the 68-point "
+        "model (opt-in: trained on iBUG 300-W, whose terms forbid commercial use), or YuNet's own points.",
     )
     detector_pool_size: int = Field(default=2, gt=0, description="Detectors for concurrent requests.")
     max_faces: int = Field(default=10, gt=0, description="Faces per image that identify answers for.")

@@ -141,7 +141,7 @@ def read_rgb(path: Path) -> np.ndarray:
 @pytest.fixture(scope="session")
 def detector() -> DlibDetector:
     """One loaded HOG + 68-point detector for the whole run (loading its models takes about a second)."""
-    det = DlibDetector()
+    det = DlibDetector(landmarks="68")
     det.load()
     return det
 

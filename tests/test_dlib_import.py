@@ -10,11 +10,12 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from embedding.align import DLIB_150, canonical_crop, eye_error, model_crop
+from embedding.align import DLIB_150, eye_error
 from embedding.backbones import _add_zero_padded
 from embedding.card import InputSpec
 from embedding.checkpoint import load_checkpoint, replace_card
 from embedding.detect import DetectedFace, DlibDetector
+from embedding.facepath import model_face
 from embedding.torch_embedder import TorchEmbedder
 from embedding.train.cli import register
 from embedding.train.dlib_import import (
@@ -110,12 +111,12 @@ def test_pytorch_network_equals_dlib_on_its_own_chips(faces: list[tuple[str, np.
 
 
 def test_dlib_150_framing_reproduces_dlibs_alignment(faces: list[tuple[str, np.ndarray, DetectedFace]]) -> None:
-    """The service's path (canonical crop, then the `dlib_150` template) gives nearly dlib's own embeddings."""
+    """The service's path (one similarity transform to the `dlib_150` template) gives nearly dlib's own embeddings."""
     teacher = DlibTeacher()
     model, _ = load_dlib_resnet()
     ours, theirs, people = [], [], []
     for person, image, face in faces:
-        crop = model_crop(canonical_crop(image, face.landmarks), SPEC)
+        crop = model_face(image, face.landmarks, SPEC)
         assert crop.shape == (150, 150, 3)
         assert eye_error(face.landmarks, DLIB_150) < 6.0
         ours.append(crop)

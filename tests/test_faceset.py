@@ -12,10 +12,11 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from embedding.align import ARCFACE_112, canonical_crop, model_crop
+from embedding.align import ARCFACE_112
 from embedding.card import InputSpec
 from embedding.checkpoint import load_checkpoint
 from embedding.detect import DlibDetector
+from embedding.facepath import build_detector, model_face
 from embedding.train.cli import register
 from embedding.train.data import DatasetSpec, load_rgb_images
 from embedding.train.faceset import align_files, central_face
@@ -41,16 +42,17 @@ def lfw_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_align_files_is_the_serving_path(lfw_subset: Path, detector: DlibDetector) -> None:
+def test_align_files_is_the_serving_path(lfw_subset: Path) -> None:
     paths = sorted(lfw_subset.glob("*/*.jpg"))[:6]
     aligned = align_files(paths, SPEC, workers=1, progress=False)
     assert aligned.crops.shape == (6, 112, 112, 3) and aligned.crops.dtype == np.uint8
     assert aligned.detected.all() and aligned.teacher is None
+    detector = build_detector()
     for path, crop in zip(paths, aligned.crops, strict=True):
         image = read_rgb(path)
         face = central_face(detector.detect(image), *image.shape[:2])
         assert face is not None
-        np.testing.assert_array_equal(crop, model_crop(canonical_crop(image, face.landmarks), SPEC))
+        np.testing.assert_array_equal(crop, model_face(image, face.landmarks, SPEC))
     # The same crops come back through load_rgb_images (evaluation) and from two worker processes.
     again = align_files(paths, SPEC, workers=2, progress=False)
     np.testing.assert_array_equal(again.crops, aligned.crops)

@@ -1,7 +1,7 @@
-"""Data sets through the serving path: detect, align to `CANONICAL`, cut the model's template.
+"""Data sets through the serving path: detect, align, cut the model's template (`embedding.facepath`).
 
-`align_files` gives training and evaluation exactly the crops the service embeds (`embedding.align.
-canonical_crop` then `model_crop`), optionally with the distillation teacher's embedding of each face
+`align_files` gives training and evaluation exactly the crops the service embeds (the default detector and
+landmarks, `embedding.facepath.model_face`), optionally with the distillation teacher's embedding of each face
 (`embedding.train.teacher.DlibTeacher`, on the same detection). Work is spread over processes (dlib releases no
 GIL), and the result can be cached as one `.npz` keyed by the input spec, detector, teacher and file list.
 
@@ -26,13 +26,14 @@ from typing import Final
 import numpy as np
 from tqdm import tqdm
 
-from embedding.align import ARCFACE_112, canonical_crop, model_crop, template_for_spec
+from embedding.align import ARCFACE_112, template_for_spec
 from embedding.card import InputSpec
-from embedding.detect import DetectedFace, DlibDetector
+from embedding.detect import DetectedFace
+from embedding.facepath import build_detector, model_face
 from embedding.image import decode_image
 from embedding.train.teacher import TEACHER_DIM, DlibTeacher
 
-_CACHE_VERSION: Final = 1
+_CACHE_VERSION: Final = 2
 _MAX_PIXELS: Final = 4096 * 4096
 _CHUNK: Final = 128
 
@@ -72,7 +73,7 @@ def _faces_of(
     image: np.ndarray, spec: InputSpec, face: DetectedFace, teacher: DlibTeacher | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The model crop of a face and, with a teacher, the teacher's chip of it."""
-    crop = model_crop(canonical_crop(image, face.landmarks), spec)
+    crop = model_face(image, face.landmarks, spec)
     return crop, (teacher.chip(image, face) if teacher is not None else None)
 
 
@@ -81,7 +82,7 @@ def _align_chunk(
 ) -> tuple[list[np.ndarray | None], list[np.ndarray | None], list[tuple[int, int]], np.ndarray | None]:
     """Worker: (crop or None per image, landmarks or None, (height, width), teacher rows of found faces)."""
     spec = InputSpec.model_validate_json(spec_json)
-    detector = DlibDetector()
+    detector = build_detector()
     teacher = DlibTeacher() if with_teacher else None
     crops: list[np.ndarray | None] = []
     points: list[np.ndarray | None] = []
@@ -135,7 +136,7 @@ def align_files(
 ) -> AlignedSet:
     """Detect, align and cut every image (see module doc) -> `AlignedSet` in `paths` order."""
     files = [str(Path(p).resolve()) for p in paths]
-    key = json.dumps([_CACHE_VERSION, template_for_spec(spec).name, teacher, DlibDetector().name, files])
+    key = json.dumps([_CACHE_VERSION, spec.model_dump(mode="json"), teacher, build_detector().name, files])
     cache = cache_dir / f"{desc}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz" if cache_dir else None
     if cache is not None and cache.exists():
         with np.load(cache) as data:
@@ -178,7 +179,7 @@ def align_files(
     if len(missing):
         fallbacks = _fallback_landmarks(points, sizes)
         for i in missing:
-            crops[i] = model_crop(canonical_crop(_read(Path(files[i])), fallbacks[sizes[i]]), spec)
+            crops[i] = model_face(_read(Path(files[i])), fallbacks[sizes[i]], spec)
     filled = [c for c in crops if c is not None]  # every image has its crop by now
     width, height = template_for_spec(spec).size
     stacked = np.stack(filled) if filled else np.zeros((0, height, width, 3), np.uint8)

@@ -8,13 +8,13 @@ a CPU (about 16 faces/s per core here), so training computes its embeddings once
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
 
-from embedding.detect import DetectedFace, as_rgb
+from embedding.detect import YUNET_TO_HOG, DetectedFace, as_rgb
+from embedding.lazy import LazyModel
 
 TEACHER_NAME: Final = "dlib_resnet_v1"
 """Stable name of the teacher (recorded in model cards and cache keys)."""
@@ -22,40 +22,34 @@ TEACHER_NAME: Final = "dlib_resnet_v1"
 TEACHER_DIM: Final = 128
 
 
-class DlibTeacher:
+class DlibTeacher(LazyModel[tuple[Any, Any]]):
     """128-d L2-normalised embeddings of detected faces from dlib's ResNet (lazy `load()`)."""
 
     name: Final = TEACHER_NAME
     dim: Final = TEACHER_DIM
 
     def __init__(self, *, chip_size: int = 150, padding: float = 0.25) -> None:
+        super().__init__()
         self._chip_size = chip_size
         self._padding = padding
-        self._lock = threading.Lock()
-        self._models: tuple[Any, Any] | None = None
 
-    def load(self) -> None:
-        """Read the 5-point predictor and the ResNet once (idempotent, thread-safe)."""
-        with self._lock:
-            if self._models is not None:
-                return
-            import dlib  # noqa: PLC0415 - heavy native module, imported on first use only
-            import face_recognition_models as frm  # noqa: PLC0415
+    def _load(self) -> tuple[Any, Any]:
+        """The 5-point predictor and the ResNet."""
+        import dlib  # noqa: PLC0415 - heavy native module, imported on first use only
+        import face_recognition_models as frm  # noqa: PLC0415
 
-            self._models = (
-                dlib.shape_predictor(frm.pose_predictor_five_point_model_location()),
-                dlib.face_recognition_model_v1(frm.face_recognition_model_location()),
-            )
+        return (
+            dlib.shape_predictor(frm.pose_predictor_five_point_model_location()),
+            dlib.face_recognition_model_v1(frm.face_recognition_model_location()),
+        )
 
     def chip(self, image: np.ndarray, face: DetectedFace) -> np.ndarray:
         """dlib's aligned chip of one face: uint8 (chip_size, chip_size, 3) RGB."""
         import dlib  # noqa: PLC0415
 
-        self.load()
-        assert self._models is not None
-        predictor, _ = self._models
+        predictor, _ = self._state()
         rgb = np.ascontiguousarray(as_rgb(image))
-        x0, y0, x1, y1 = face.box
+        x0, y0, x1, y1 = YUNET_TO_HOG(face.box) if face.detector == "yunet" else face.box
         rect = dlib.rectangle(round(x0), round(y0), round(x1) - 1, round(y1) - 1)
         shape = predictor(rgb, rect)
         return np.asarray(dlib.get_face_chip(rgb, shape, self._chip_size, self._padding), dtype=np.uint8)
@@ -64,9 +58,7 @@ class DlibTeacher:
         """float32 (N, 128) unit rows for chips from `chip`; (0, 128) for none."""
         if not chips:
             return np.zeros((0, self.dim), dtype=np.float32)
-        self.load()
-        assert self._models is not None
-        _, resnet = self._models
+        _, resnet = self._state()
         out = np.asarray(resnet.compute_face_descriptor([np.ascontiguousarray(c) for c in chips]), dtype=np.float32)
         return np.asarray(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12), dtype=np.float32)
 
