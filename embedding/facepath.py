@@ -21,6 +21,7 @@ import queue
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -66,19 +67,29 @@ class FaceImage:
     """One face ready to embed.
 
     Attributes:
-        image: uint8 (h, w, 3): the `CANONICAL` crop when ``aligned``, else the whole (pre-cropped) image.
-        aligned: whether ``image`` is a canonical crop.
+        aligned: whether `image` is a `CANONICAL` crop (else the whole, pre-cropped image).
         detection: the detector's face, when one was detected.
         quality: its quality measures and failed gates, when assessed.
         source: the decoded photo the face was found in (kept only while the request runs), so that the model's
             framing is cut from the photo itself rather than from the canonical crop.
+        crop: the stored crop or whole image, when there is no photo to cut from.
     """
 
-    image: np.ndarray
     aligned: bool
     detection: DetectedFace | None = None
     quality: QualityReport | None = None
     source: np.ndarray | None = field(default=None, repr=False)
+    crop: np.ndarray | None = field(default=None, repr=False)
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        """uint8 (h, w, 3): the `CANONICAL` crop when ``aligned`` (cut on first use: only enrolment stores it),
+        else the whole image."""
+        if self.crop is not None:
+            return self.crop
+        if self.source is None or self.detection is None:
+            raise ValueError("a FaceImage needs a crop, or a photo and its detection")
+        return canonical_crop(self.source, self.detection.landmarks)
 
     def for_model(self, spec: InputSpec) -> np.ndarray:
         """The face as a model with this input spec expects it (uint8 (h, w, 3) RGB)."""
@@ -137,13 +148,12 @@ def whole_image(image: np.ndarray, *, max_side: int) -> FaceImage:
         scale = max_side / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
-    return FaceImage(image=image, aligned=False)
+    return FaceImage(aligned=False, crop=image)
 
 
 def aligned_face(image: np.ndarray, face: DetectedFace, quality: QualityReport | None = None) -> FaceImage:
-    """A detected face: its canonical crop, with the photo kept for the model crop."""
-    crop = canonical_crop(image, face.landmarks)
-    return FaceImage(image=crop, aligned=True, detection=face, quality=quality, source=image)
+    """A detected face in its photo (the canonical crop is cut only when it is stored)."""
+    return FaceImage(aligned=True, detection=face, quality=quality, source=image)
 
 
 def enrolment_face(image: np.ndarray, detector: Detector, gates: QualitySettings) -> FaceImage:
@@ -168,7 +178,7 @@ def encode_crop(crop: np.ndarray) -> bytes:
 
 def decode_crop(data: bytes, *, aligned: bool) -> FaceImage:
     """A stored crop back to a face ready to embed."""
-    return FaceImage(image=decode_image(data, max_pixels=STORED_CROP_MAX_PIXELS), aligned=aligned)
+    return FaceImage(aligned=aligned, crop=decode_image(data, max_pixels=STORED_CROP_MAX_PIXELS))
 
 
 class DetectorPool:

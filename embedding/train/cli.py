@@ -8,6 +8,7 @@ Every error a user can cause is reported as one line on stderr with exit status 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -172,6 +173,24 @@ def evaluate_model(
     return result
 
 
+def _with_flip(model: Path, tmp: Path, flip: bool | None) -> Path:
+    """``model`` itself, or a copy in ``tmp`` whose card sets mirror-image augmentation to ``flip``."""
+    if Path(model).suffix.lower() in ONNX_SUFFIXES:
+        proto = load_onnx_model(model)
+        card = read_onnx_card(proto, str(model)) or foreign_card(proto, str(model))
+    else:
+        card = load_checkpoint(model)[1]
+    if flip is None or card.input.flip == flip:
+        return model
+    changed = card.model_copy(update={"input": card.input.model_copy(update={"flip": flip})})
+    copy = tmp / model.name
+    if model.suffix.lower() in ONNX_SUFFIXES:
+        write_onnx_card(proto, changed, copy)
+    else:
+        replace_card(model, copy, changed)
+    return copy
+
+
 def calibrate_model(
     model: Path,
     pairs_file: Path,
@@ -185,8 +204,12 @@ def calibrate_model(
     out: Path | None = None,
     device: str | None = None,
     progress: bool = False,
+    flip: bool | None = None,
 ) -> ModelCard:
     """Measure thresholds at `fars` and write them into the model's card (`out`, default: in place).
+
+    `flip` (None: as the card says) switches mirror-image test-time augmentation (`InputSpec.flip`) on or off in
+    the card first, so the thresholds are measured the way the model will be served.
 
     Genuine scores: the same-person pairs of the chosen folds. Impostor scores: `impostors="all"`,
     every cross-identity pair among the images of those folds (many more than the listed pairs, so
@@ -202,9 +225,11 @@ def calibrate_model(
     if target.suffix.lower() != Path(model).suffix.lower():
         raise ValueError(f"--out must have the same file type as the model ({Path(model).suffix})")
     pairs = select_folds(read_pairs(pairs_file, images_dir), folds)
-    embedder = load_embedder(model, device=device, allow_uncalibrated=True)
-    embedder.load()
-    scores, same, fold_ids, emb, paths = verification_scores(embedder, pairs, framing, progress=progress)
+    with tempfile.TemporaryDirectory() as tmp:
+        measured = _with_flip(Path(model), Path(tmp), flip)
+        embedder = load_embedder(measured, device=device, allow_uncalibrated=True)
+        embedder.load()
+        scores, same, fold_ids, emb, paths = verification_scores(embedder, pairs, framing, progress=progress)
     if impostors == "all":
         _, impostor_scores = cross_scores(emb, [p.parent.name for p in paths])
         pool = f"all cross-identity pairs among the {len(paths)} images of the chosen pairs ({impostor_scores.size})"
@@ -510,6 +535,9 @@ def calibrate_command(
     impostors: Annotated[str, typer.Option(help="all (cross-identity pairs of the images) or pairs.")] = "all",
     framing: Annotated[str, typer.Option(help="Framing of the pair images: none|lfw|yaleb|detect.")] = "lfw",
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+    flip: Annotated[
+        bool | None, typer.Option("--flip/--no-flip", help="Set mirror-image test-time augmentation in the card.")
+    ] = None,
 ) -> None:
     """Measure thresholds at target FARs and write them (and the default threshold) into the card."""
     with _clean_errors():
@@ -525,6 +553,7 @@ def calibrate_command(
             out=out,
             device=device,
             progress=True,
+            flip=flip,
         )
         for label, row in card.metrics["calibration"]["per_far"].items():
             typer.echo(
