@@ -16,8 +16,8 @@ The alignment part (``--align``) runs the current default model through detect +
 
 Run from the repository root::
 
-    python -m benchmarks.detection --quick            # ~1 min, HOG only, small samples
-    python -m benchmarks.detection                    # both backends (CNN on a small sample)
+    python -m benchmarks.detection --quick            # ~1 min, YuNet and HOG, small samples
+    python -m benchmarks.detection                    # YuNet (the default), HOG, CNN (on a small sample)
     python -m benchmarks.detection --align            # + the alignment accuracy part (~4 min)
 """
 
@@ -36,7 +36,8 @@ import numpy as np
 from PIL import Image
 
 from embedding.align import FaceTemplate, HEAD_92x112, align_face
-from embedding.detect import DetectedFace, DlibDetector
+from embedding.detect import DetectedFace, Detector, DlibDetector
+from embedding.facepath import build_detector
 from embedding.train.evaluation import foldwise_accuracy, pair_scores, rank1_accuracy, roc_auc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +81,7 @@ class RecallRow:
         return self.found / self.n if self.n else float("nan")
 
 
-def measure_recall(name: str, detector: DlibDetector, paths: Sequence[Path]) -> RecallRow:
+def measure_recall(name: str, detector: Detector, paths: Sequence[Path]) -> RecallRow:
     """Detect on every path; count images with >= 1 face and time `detect`."""
     times: list[float] = []
     found = multi = 0
@@ -117,13 +118,19 @@ def recall_table(args: argparse.Namespace) -> None:
         # The CNN is timed without pyramid upsampling (it finds faces down to ~40 px at native size;
         # one upsampling costs ~4x, 1.4-1.9 s per image on this CPU).
         upsample = args.upsample if backend == "hog" else args.cnn_upsample
-        detector = DlibDetector(backend="cnn" if backend == "cnn" else "hog", upsample=upsample)
+        detector: Detector = (
+            build_detector("yunet")
+            if backend == "yunet"
+            else DlibDetector(backend="cnn" if backend == "cnn" else "hog", upsample=upsample)
+        )
         start = time.perf_counter()
         detector.load()
         print(f"{detector.name}: load {time.perf_counter() - start:.2f} s", flush=True)
         for name, paths in files.items():
             sample = (
-                paths if backend == "hog" else random.Random(args.seed).sample(paths, min(args.cnn_sample, len(paths)))
+                paths
+                if backend != "cnn"
+                else random.Random(args.seed).sample(paths, min(args.cnn_sample, len(paths)))
             )
             rows.append(measure_recall(name, detector, sample))
             print(f"  {name}: done", flush=True)
@@ -262,7 +269,7 @@ def align_eval(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="HOG only, 100 LFW and 100 CelebA images")
-    parser.add_argument("--backends", default="hog,cnn", help="comma-separated: hog, cnn")
+    parser.add_argument("--backends", default="yunet,hog,cnn", help="comma-separated: yunet, hog, cnn")
     parser.add_argument("--upsample", type=int, default=1)
     parser.add_argument("--cnn-upsample", type=int, default=0)
     parser.add_argument("--lfw-sample", type=int, default=500)
@@ -276,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not DATA_ROOT.exists():
         raise SystemExit(f"face data not found at {DATA_ROOT} (set FACEDB_DATA_ROOT)")
     if args.quick:
-        args.backends = "hog"
+        args.backends = "yunet,hog"
         args.lfw_sample = min(args.lfw_sample, 100)
         args.celeba_sample = min(args.celeba_sample, 100)
     print(f"load average at start: {os.getloadavg()}")
