@@ -128,9 +128,7 @@ def recall_table(args: argparse.Namespace) -> None:
         print(f"{detector.name}: load {time.perf_counter() - start:.2f} s", flush=True)
         for name, paths in files.items():
             sample = (
-                paths
-                if backend != "cnn"
-                else random.Random(args.seed).sample(paths, min(args.cnn_sample, len(paths)))
+                paths if backend != "cnn" else random.Random(args.seed).sample(paths, min(args.cnn_sample, len(paths)))
             )
             rows.append(measure_recall(name, detector, sample))
             print(f"  {name}: done", flush=True)

@@ -80,7 +80,9 @@ class Settings(BaseSettings):
     embed_queue_size: int = Field(default=256, gt=0, description="Queued images before requests get 429.")
     index_threads: int = Field(default=1, gt=0, description="FAISS OpenMP threads per search.")
     torch_threads: int | None = Field(
-        default=None, gt=0, description="Embedder intra-op threads (PyTorch or onnxruntime); empty = the runtime's."
+        default=None,
+        gt=0,
+        description="Embedder intra-op threads (PyTorch or onnxruntime); empty = 1 when serving, else the runtime's.",
     )
 
     host: str = "127.0.0.1"
