@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, Literal, Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from embedding.card import ModelCard
 from embedding.errors import ModelLoadError
+from embedding.lazy import LazyModel
 
 
 def uncalibrated_message(source: str) -> str:
@@ -54,6 +55,33 @@ class Embedder(Protocol):
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """uint8 (H, W, 3) RGB images of any sizes -> float32 (N, D), rows L2-normalised; (0, D) if N = 0."""
         ...
+
+
+class LoadedModel(Protocol):
+    """What an embedder's ``_load()`` returns, at least."""
+
+    @property
+    def card(self) -> ModelCard: ...
+
+    @property
+    def checksum(self) -> str: ...
+
+
+Loaded = TypeVar("Loaded", bound=LoadedModel)
+
+
+class LazyEmbedder(LazyModel[Loaded]):
+    """The `Embedder` properties every runtime shares: card and checksum, from the loaded state."""
+
+    @property
+    def card(self) -> ModelCard:
+        """The model card (loads the model file on first access)."""
+        return self._state().card
+
+    @property
+    def checksum(self) -> str:
+        """sha256 hex digest of the model file bytes (loads the model file on first access)."""
+        return self._state().checksum
 
 
 TORCH_SUFFIXES: Final = frozenset({".pt", ".pth"})

@@ -34,9 +34,8 @@ from typing import Any, Final
 import numpy as np
 
 from embedding.card import InputSpec, ModelCard
-from embedding.embedder import uncalibrated_message
+from embedding.embedder import LazyEmbedder, uncalibrated_message
 from embedding.errors import ModelLoadError
-from embedding.lazy import LazyModel
 from embedding.preprocess import embed_faces
 
 CARD_KEY: Final = "facedb.card"
@@ -151,7 +150,7 @@ class _Session:
     input_name: str
 
 
-class OnnxEmbedder(LazyModel[_Session]):
+class OnnxEmbedder(LazyEmbedder[_Session]):
     """`Embedder` backed by an ONNX model run by onnxruntime.
 
     `device`: None picks CUDA when onnxruntime has the CUDA provider, else CPU; "cpu" or "cuda" force
@@ -256,16 +255,6 @@ class OnnxEmbedder(LazyModel[_Session]):
         return _Session(
             session=session, card=card, checksum=hashlib.sha256(data).hexdigest(), input_name=inputs[0].name
         )
-
-    @property
-    def card(self) -> ModelCard:
-        """The model card (loads the model on first access)."""
-        return self._state().card
-
-    @property
-    def checksum(self) -> str:
-        """sha256 hex digest of the model file bytes (loads the model on first access)."""
-        return self._state().checksum
 
     @property
     def providers(self) -> list[str]:

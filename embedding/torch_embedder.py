@@ -13,9 +13,8 @@ from torch import nn
 
 from embedding.card import ModelCard
 from embedding.checkpoint import load_checkpoint_bytes
-from embedding.embedder import uncalibrated_message
+from embedding.embedder import LazyEmbedder, uncalibrated_message
 from embedding.errors import ModelLoadError
-from embedding.lazy import LazyModel
 from embedding.preprocess import embed_faces
 
 
@@ -26,7 +25,7 @@ class _Loaded:
     checksum: str
 
 
-class TorchEmbedder(LazyModel[_Loaded]):
+class TorchEmbedder(LazyEmbedder[_Loaded]):
     """`Embedder` backed by a facedb model file (see `embedding.checkpoint`).
 
     The file is read lazily on first use. `embed` runs in eval mode under `torch.inference_mode()`
@@ -87,16 +86,6 @@ class TorchEmbedder(LazyModel[_Loaded]):
         if self._threads:
             torch.set_num_threads(self._threads)
         return _Loaded(model=model, card=card, checksum=hashlib.sha256(data).hexdigest())
-
-    @property
-    def card(self) -> ModelCard:
-        """The model card (loads the model file on first access)."""
-        return self._state().card
-
-    @property
-    def checksum(self) -> str:
-        """sha256 hex digest of the model file bytes (loads the model file on first access)."""
-        return self._state().checksum
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Embed faces.
