@@ -1,4 +1,5 @@
-"""Face detection with five landmarks (dlib backends).
+"""Face detection with five landmarks: the `Detector` protocol, dlib's backends, dlib's landmarks on other
+detectors' boxes (`DlibLandmarks`; YuNet itself is in `embedding.yunet`).
 
 Coordinates are pixels of the input image: x to the right, y down, origin at the top-left corner
 of the top-left pixel (pixel (i, j) covers [j, j+1) x [i, i+1); its centre is (j + 0.5, i + 0.5)).
@@ -64,14 +65,16 @@ class DetectedFace:
 
     Attributes:
         box: (x0, y0, x1, y1) float pixels, x1 > x0, y1 > y0; may extend past the image border.
-        score: the detector's raw confidence, backend specific (see `detector`): for "hog" the
+        score: the detector's raw confidence, backend specific (see `detector`): for "yunet"
+            sqrt(cls * obj) in [0, 1] (>= 0.7 by default; typically 0.85-0.95); for "hog" the
             SVM margin (>= the detector's `adjust_threshold`, 0 by default; frontal faces are
             typically 0.5-3), for "cnn" the mmod score (>= `adjust_threshold`; typically 0.5-1.3).
             Compare only scores of the same backend.
         landmarks: float32 (5, 2) read-only array of (x, y) points in `LANDMARK_NAMES` order.
-        detector: "hog" or "cnn", the backend that found the face.
-        landmark_model: "68" (points measured by dlib's 68-point predictor) or "5" (eyes and nose
-            base measured by the 5-point predictor; nose tip and mouth corners estimated).
+        detector: "yunet", "hog" or "cnn", the backend that found the face.
+        landmark_model: "68" (points measured by dlib's 68-point predictor), "5" or "dlib5" (eyes and
+            nose base measured by dlib's 5-point predictor, on dlib's box or on another detector's;
+            nose tip and mouth corners estimated), or "yunet" (YuNet's own five points).
     """
 
     box: tuple[float, float, float, float]

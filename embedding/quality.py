@@ -63,10 +63,11 @@ _INNER: Final = (0.25, 0.95, 0.18, 0.82)
 class QualitySettings(BaseModel):
     """Thresholds for the gates.
 
-    Defaults calibrated with `DlibDetector()` on real photos and on degraded copies (Gaussian blur of
-    1/60 of the image side, x0.15 darkening, x2.2+60 brightening, 35-45 degree rotation): every gate
-    fires on its degraded copies, and 97.5% of AT&T, 97% of Yale A, 92% of LFW and 79% of CelebA
-    images pass (CelebA misses: no face 10%, small faces 6%, pose 5%).
+    Defaults calibrated with dlib's HOG detector and 68-point landmarks (the default before YuNet and 5-point
+    landmarks; `benchmarks/celeba_enrollment.py` shows how they gate now) on real photos and on degraded copies
+    (Gaussian blur of 1/60 of the image side, x0.15 darkening, x2.2+60 brightening, 35-45 degree rotation): every
+    gate fires on its degraded copies, and 97.5% of AT&T, 97% of Yale A, 92% of LFW and 79% of CelebA images passed
+    (CelebA misses: no face 10%, small faces 6%, pose 5%).
 
     Attributes:
         multiple_faces: "reject" fails images with more than one face; "largest" judges the largest.
