@@ -308,8 +308,14 @@ class ExportedOnnxEmbedder(OnnxEmbedder):
     def _export(self, target: Path) -> None:
         from embedding.onnx_export import export_onnx  # noqa: PLC0415 - torch only for a missing export
 
-        self._cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._cache_dir, suffix=".onnx.tmp")
+        try:
+            self._cache_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self._cache_dir, suffix=".onnx.tmp")
+        except OSError as exc:
+            raise ModelLoadError(
+                f"cannot write the ONNX export of {self._pt_path} into {self._cache_dir} ({exc}); set "
+                "FACEDB_ONNX_CACHE_DIR to a writable folder, or FACEDB_RUNTIME=torch"
+            ) from exc
         os.close(fd)
         try:
             export_onnx(self._pt_path, Path(tmp))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from embedding.embedder import default_model_path, load_embedder
+from embedding.errors import ModelLoadError
 from embedding.facepath import aligned_face, build_detector
 from embedding.onnx_embedder import ExportedOnnxEmbedder
 from embedding.torch_embedder import TorchEmbedder
@@ -94,3 +95,10 @@ def test_a_broken_export_is_not_kept(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"bad\.pt"):
         ExportedOnnxEmbedder(bad, cache_dir=cache).load()
     assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_an_unwritable_cache_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ModelLoadError, match="FACEDB_ONNX_CACHE_DIR"):
+        ExportedOnnxEmbedder(default_model_path(), cache_dir=blocker / "onnx").load()
