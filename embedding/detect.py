@@ -296,11 +296,7 @@ class DlibDetector(LazyModel[_Models]):
             detector = dlib.get_frontal_face_detector()
         else:
             detector = dlib.cnn_face_detection_model_v1(frm.cnn_face_detector_model_location())
-        if self._landmark_model == "68":
-            predictor = dlib.shape_predictor(frm.pose_predictor_model_location())
-        else:
-            predictor = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
-        return _Models(detector=detector, predictor=predictor)
+        return _Models(detector=detector, predictor=shape_predictor(self._landmark_model))
 
     def _working_scale(self, height: int, width: int) -> float:
         """Factor from input pixels to the detector's working image."""
@@ -433,6 +429,16 @@ class DlibDetector(LazyModel[_Models]):
         return [self.detect(image) for image in images]
 
 
+def shape_predictor(model: LandmarkModel) -> Any:
+    """dlib's 68-point or public-domain 5-point shape predictor, read from `face_recognition_models`."""
+    import dlib  # noqa: PLC0415 - heavy native module, imported on first use only
+    import face_recognition_models as frm  # noqa: PLC0415
+
+    if model == "68":
+        return dlib.shape_predictor(frm.pose_predictor_model_location())
+    return dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+
+
 def dlib_landmarks(
     predictor: Any, image: np.ndarray, box: tuple[float, float, float, float], model: LandmarkModel
 ) -> np.ndarray:
@@ -504,13 +510,8 @@ class DlibLandmarks(LazyModel[Any]):
         return f"{self._detector.name}+dlib{self._model}"
 
     def _load(self) -> Any:
-        import dlib  # noqa: PLC0415 - heavy native module, imported on first use only
-        import face_recognition_models as frm  # noqa: PLC0415
-
         self._detector.load()
-        if self._model == "68":
-            return dlib.shape_predictor(frm.pose_predictor_model_location())
-        return dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+        return shape_predictor(self._model)
 
     def refine(self, image: np.ndarray, faces: Sequence[DetectedFace]) -> list[DetectedFace]:
         """The same faces (same order, boxes and scores) with dlib's landmarks."""

@@ -156,8 +156,6 @@ class OnnxEmbedder(LazyEmbedder[_Session]):
     `device`: None picks CUDA when onnxruntime has the CUDA provider, else CPU; "cpu" or "cuda" force
     one. The file is read lazily on first use; `embed` is thread-safe (onnxruntime sessions are).
     Models without calibrated thresholds are refused unless `allow_uncalibrated=True` (see module doc).
-    `checksum_of`: the file whose SHA-256 names the model (default: the ONNX file itself; a `.pt` model
-    served through its ONNX export keeps the `.pt` file's checksum).
     """
 
     def __init__(
@@ -168,7 +166,6 @@ class OnnxEmbedder(LazyEmbedder[_Session]):
         batch_size: int = 32,
         allow_uncalibrated: bool = False,
         threads: int = 0,
-        checksum_of: Path | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -180,7 +177,6 @@ class OnnxEmbedder(LazyEmbedder[_Session]):
         self._batch_size = batch_size
         self._allow_uncalibrated = allow_uncalibrated
         self._threads = threads
-        self._checksum_of = Path(checksum_of) if checksum_of is not None else None
 
     @property
     def path(self) -> Path:
@@ -212,7 +208,11 @@ class OnnxEmbedder(LazyEmbedder[_Session]):
         return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
 
     def _load(self) -> _Session:
-        """Read and verify the model and start an onnxruntime session.
+        """Read and verify the model and start an onnxruntime session; the checksum is the ONNX file's."""
+        return self._open(file_checksum(self._path))
+
+    def _open(self, checksum: str) -> _Session:
+        """Start a session on ``self._path`` for a model named by ``checksum``.
 
         Raises `ModelLoadError` for a missing/unreadable file, a card that does not match the graph,
         an output that does not match the card, or (unless allowed) a model without thresholds.
@@ -220,11 +220,6 @@ class OnnxEmbedder(LazyEmbedder[_Session]):
         import onnxruntime as ort  # noqa: PLC0415
 
         source = str(self._path)
-        named = self._checksum_of or self._path
-        try:
-            data = named.read_bytes()
-        except OSError as exc:
-            raise ModelLoadError(f"{named}: cannot read model file: {exc}") from exc
         proto = load_onnx_model(self._path)
         card = read_onnx_card(proto, source) or foreign_card(proto, source)
         if not card.thresholds and not self._allow_uncalibrated:
@@ -252,9 +247,7 @@ class OnnxEmbedder(LazyEmbedder[_Session]):
             raise ModelLoadError(
                 f"{source}: the model outputs {out.shape[1]}-d embeddings, card says {card.embedding_dim}"
             )
-        return _Session(
-            session=session, card=card, checksum=hashlib.sha256(data).hexdigest(), input_name=inputs[0].name
-        )
+        return _Session(session=session, card=card, checksum=checksum, input_name=inputs[0].name)
 
     @property
     def providers(self) -> list[str]:
@@ -276,6 +269,14 @@ class OnnxEmbedder(LazyEmbedder[_Session]):
         return embed_faces(forward, images, loaded.card.input, batch_size=self._batch_size)
 
 
+def file_checksum(path: Path) -> str:
+    """sha256 hex digest of a model file; `ModelLoadError` when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read model file: {exc}") from exc
+
+
 class ExportedOnnxEmbedder(OnnxEmbedder):
     """A facedb ``.pt`` model served by onnxruntime through its ONNX export.
 
@@ -287,7 +288,7 @@ class ExportedOnnxEmbedder(OnnxEmbedder):
     def __init__(self, pt_path: Path, *, cache_dir: Path | None, **kwargs: Any) -> None:
         self._pt_path = Path(pt_path)
         self._cache_dir = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "facedb-onnx"
-        super().__init__(self._pt_path, checksum_of=self._pt_path, **kwargs)
+        super().__init__(self._pt_path, **kwargs)
 
     @property
     def source(self) -> Path:
@@ -295,15 +296,12 @@ class ExportedOnnxEmbedder(OnnxEmbedder):
         return self._pt_path
 
     def _load(self) -> _Session:
-        try:
-            digest = hashlib.sha256(self._pt_path.read_bytes()).hexdigest()
-        except OSError as exc:
-            raise ModelLoadError(f"{self._pt_path}: cannot read model file: {exc}") from exc
+        digest = file_checksum(self._pt_path)  # names the export and the model: read once
         target = self._cache_dir / f"{digest}.onnx"
         if not target.exists():
             self._export(target)
         self._path = target
-        return super()._load()
+        return self._open(digest)
 
     def _export(self, target: Path) -> None:
         from embedding.onnx_export import export_onnx  # noqa: PLC0415 - torch only for a missing export
