@@ -2,7 +2,7 @@
 
 Series (all in one run, interleaved by batch size, same machine state):
 
-- `default.pt` (dlib's ResNet in PyTorch) and `compact.pt` (facedb's own model): the shipped models through
+- `dlib_resnet.pt` (dlib's ResNet in PyTorch) and `compact.pt` (facedb's own model): the shipped models through
   `TorchEmbedder` (preprocessing + forward + normalisation, from decoded uint8 RGB face crops; decoding excluded);
 - `default.onnx`, `compact.onnx`: the same models exported with `export_onnx`, through `OnnxEmbedder`
   (onnxruntime CPU);
@@ -40,7 +40,7 @@ from PIL import Image
 from embedding.backbones import build_backbone
 from embedding.card import InputSpec, ModelCard
 from embedding.checkpoint import save_checkpoint
-from embedding.embedder import compact_model_path, default_model_path
+from embedding.embedder import compact_model_path, dlib_resnet_model_path
 from embedding.onnx_embedder import OnnxEmbedder
 from embedding.onnx_export import export_onnx
 from embedding.torch_embedder import TorchEmbedder
@@ -125,7 +125,7 @@ def main() -> None:
 
             return run
 
-        for path in (default_model_path(), compact_model_path()):
+        for path in (dlib_resnet_model_path(), compact_model_path()):
             shipped = TorchEmbedder(path, device="cpu", batch_size=32)
             export_onnx(path, tmp_dir / f"{path.stem}.onnx")
             spec = shipped.card.input

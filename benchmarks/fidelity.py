@@ -43,7 +43,7 @@ from benchmarks.identify_latency import DATA_ROOT, REPO, machine_info
 from embedding.align import CANONICAL, align_face, canonical_crop, template_for_spec
 from embedding.checkpoint import load_checkpoint, replace_card
 from embedding.detect import DlibDetector
-from embedding.embedder import Embedder, default_model_path, load_embedder
+from embedding.embedder import Embedder, dlib_resnet_model_path, load_embedder
 from embedding.facepath import build_detector, model_face
 from embedding.image import decode_image
 from embedding.train.data import read_pairs
@@ -203,7 +203,7 @@ def celeba_metrics(row: Row, paths: Sequence[Path]) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=default_model_path())
+    parser.add_argument("--model", type=Path, default=dlib_resnet_model_path())
     parser.add_argument("--dlib-python", type=Path, default=REPO / ".venv-bench" / "bin" / "python")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--lfw-limit", type=int, default=0, help="first N LFW images only (smoke runs)")

@@ -29,7 +29,7 @@ import torch
 
 from benchmarks.identify_latency import DATA_ROOT, machine_info, running_server
 from embedding.checkpoint import load_checkpoint, save_checkpoint, weights_version
-from embedding.embedder import default_model_path
+from embedding.embedder import dlib_resnet_model_path
 from embedding.facepath import decode_crop
 from service.core import Upload
 from service.db import crud, migrate
@@ -41,7 +41,7 @@ from service.settings import Settings
 
 
 def perturbed_model(path: Path) -> Path:
-    model, card = load_checkpoint(default_model_path())
+    model, card = load_checkpoint(dlib_resnet_model_path())
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for p in model.parameters():
@@ -95,7 +95,7 @@ def _identity(i: int) -> Any:
 def raw_embed_rate(settings: Settings, db: Database, batch: int) -> float:
     with db.read() as session:
         rows = crud.faces_missing_templates(session, model_version_id=-1, after=0, limit=10_000)
-    embedder = open_embedder(default_model_path(), settings)
+    embedder = open_embedder(dlib_resnet_model_path(), settings)
     embedder.load()
     crops = [decode_crop(c.data, aligned=c.aligned).for_model(embedder.card.input) for _, c in rows if c is not None]
     embedder.embed(crops[:batch])  # warm-up

@@ -88,7 +88,7 @@ HEAD_92x112: Final = FaceTemplate(
 The mean of the landmarks `DlibDetector()` (HOG + 68-point) finds on the AT&T images (394 of 400
 detected), made left/right symmetric about the mean face's axis (x = 44.42): eyes at 47.2% of the
 height, eye-to-mouth 29.0% of the height, inter-eye distance 35.9% of the width (the numbers in
-`embedding/models/MODEL_CARD.md`).
+`embedding/models/dlib_resnet.md`).
 """
 
 DLIB_150: Final = FaceTemplate(

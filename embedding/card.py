@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from embedding.openset import OpenSetCalibration
+
 FaceTemplateName = Literal["head_92x112", "arcface_112", "dlib_150"]
 """Names of the built-in face templates (`embedding.align.TEMPLATES`)."""
 
@@ -30,6 +32,10 @@ class InputSpec(BaseModel):
 
     `flip`: each face is embedded together with its mirror image and the embedding is the normalised sum of the
     two (test-time augmentation; twice the network cost). Thresholds are calibrated with the same setting.
+
+    `landmarks`: the five points the model's faces are aligned by, as it was calibrated: "dlib5" (dlib's 5-point
+    predictor on the detector's box) or "yunet" (YuNet's own points); None = whatever the service is configured
+    with. The service's `FACEDB_DETECTOR_LANDMARKS=auto` follows it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -42,6 +48,7 @@ class InputSpec(BaseModel):
     resize: Literal["stretch", "center_crop"] = "center_crop"
     face_template: FaceTemplateName | None = None
     flip: bool = False
+    landmarks: Literal["dlib5", "yunet"] | None = None
 
 
 class ModelCard(BaseModel):
@@ -49,8 +56,9 @@ class ModelCard(BaseModel):
 
     `thresholds` maps a false-accept-rate label such as "1e-3" to the cosine-similarity threshold
     (accept when similarity >= threshold) measured at that FAR; `default_threshold` is one of those
-    values and `default_threshold_far` its label. `version` is derived from the weights by
-    `embedding.checkpoint.save_checkpoint`.
+    values and `default_threshold_far` its label: the 1:1 (verify) decision. `open_set` sets 1:N (identify)
+    thresholds by gallery size and target FPIR (`embedding.openset`); without it they are derived from
+    `thresholds`. `version` is derived from the weights by `embedding.checkpoint.save_checkpoint`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -66,6 +74,7 @@ class ModelCard(BaseModel):
     thresholds: dict[str, float]
     default_threshold: float
     default_threshold_far: float
+    open_set: OpenSetCalibration | None = None
     notes: str = ""
 
     @model_validator(mode="after")
@@ -73,6 +82,7 @@ class ModelCard(BaseModel):
         """`default_threshold` / `default_threshold_far` must name an entry of `thresholds`."""
         if not self.thresholds:
             return self
+
         by_far = {float(label): value for label, value in self.thresholds.items()}
         if self.default_threshold_far not in by_far:
             raise ValueError(
@@ -85,3 +95,18 @@ class ModelCard(BaseModel):
                 f"{self.default_threshold_far} ({by_far[self.default_threshold_far]})"
             )
         return self
+
+    def open_set_calibration(self) -> OpenSetCalibration | None:
+        """`open_set`, or one derived from the 1:1 `thresholds` (k = 1); None with fewer than two thresholds."""
+        if self.open_set is not None:
+            return self.open_set
+        if len(self.thresholds) < 2:
+            return None
+        return OpenSetCalibration.from_thresholds(dict(self.thresholds), source="the card's 1:1 thresholds")
+
+    def threshold_at_far(self, far: float) -> float:
+        """The 1:1 threshold at ``far`` (from the 1:N calibration's table when there is one)."""
+        calibration = self.open_set_calibration()
+        if calibration is None:
+            return self.default_threshold
+        return calibration.threshold_at_far(far)

@@ -25,8 +25,13 @@ def uncalibrated_message(source: str) -> str:
 
 
 def default_model_path() -> Path:
-    """The default model shipped with the package, `embedding/models/default.pt` (dlib's ResNet, imported)."""
-    return Path(__file__).resolve().parent / "models" / "default.pt"
+    """The default model shipped with the package, `embedding/models/sface.onnx` (SFace, `embedding.sface`)."""
+    return Path(__file__).resolve().parent / "models" / "sface.onnx"
+
+
+def dlib_resnet_model_path() -> Path:
+    """dlib's ResNet read into PyTorch, `embedding/models/dlib_resnet.pt` (the default before SFace)."""
+    return Path(__file__).resolve().parent / "models" / "dlib_resnet.pt"
 
 
 def compact_model_path() -> Path:
@@ -143,3 +148,16 @@ def load_embedder(
     return TorchEmbedder(
         path, device=device, batch_size=batch_size, require_thresholds=not allow_uncalibrated, threads=threads
     )
+
+
+def read_card(path: Path) -> ModelCard:
+    """A model file's card without starting a runtime (a ``.pt`` is read with PyTorch, an ``.onnx`` with onnx)."""
+    path = Path(path)
+    if path.suffix.lower() in ONNX_SUFFIXES:
+        from embedding.onnx_embedder import foreign_card, load_onnx_model, read_onnx_card  # noqa: PLC0415
+
+        proto = load_onnx_model(path)
+        return read_onnx_card(proto, str(path)) or foreign_card(proto, str(path))
+    from embedding.checkpoint import load_checkpoint  # noqa: PLC0415
+
+    return load_checkpoint(path)[1]

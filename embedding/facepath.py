@@ -45,6 +45,16 @@ STORED_CROP_MAX_PIXELS: Final = 64_000_000
 LandmarkSource = Literal["5", "68", "yunet"]
 
 
+def landmarks_for(spec: InputSpec, kind: DetectorKind = "yunet") -> LandmarkSource:
+    """The landmark source a model's card asks for (``spec.landmarks``), as `build_detector` names it.
+
+    "yunet" needs the YuNet detector: with another detector such a model gets dlib's 5 points instead.
+    """
+    if spec.landmarks == "yunet" and kind == "yunet":
+        return "yunet"
+    return "5"
+
+
 def build_detector(kind: DetectorKind = "yunet", *, landmarks: LandmarkSource = "5") -> Detector:
     """A detector by name, with the landmarks faces are aligned by.
 
@@ -230,6 +240,7 @@ __all__ = [
     "decode_crop",
     "encode_crop",
     "enrolment_face",
+    "landmarks_for",
     "model_face",
     "probe_faces",
     "whole_image",

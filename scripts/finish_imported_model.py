@@ -1,6 +1,6 @@
 """Finish an imported (not facedb-trained) model for shipping: measure it beside a baseline, render its card.
 
-The shipped `embedding/models/default.pt` is dlib's ResNet read by `facedb import-dlib` and calibrated by
+The shipped `embedding/models/dlib_resnet.pt` is dlib's ResNet read by `facedb import-dlib` and calibrated by
 `facedb calibrate` (both commands are printed in its card). This script adds to the card, measured on the file
 through the serving path (detect, align to the model's template, embed), with the baseline model measured in the
 same run on the same data:
@@ -10,9 +10,9 @@ same run on the same data:
 - AT&T and CelebA-subset open-set identification (`facedb evaluate --identification`);
 - CPU embedding throughput at batch 1, 8 and 32;
 
-and renders `MODEL_CARD.md` beside the model from the card alone. `--render-only` re-renders without measuring.
+and renders `<model>.md` beside the model from the card alone. `--render-only` re-renders without measuring.
 
-    python -m scripts.finish_imported_model embedding/models/default.pt --baseline embedding/models/compact.pt
+    python -m scripts.finish_imported_model embedding/models/dlib_resnet.pt --baseline embedding/models/compact.pt
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def measure(model: Path, baseline: Path, data: Path) -> ModelCard:
 
 
 def render(card: ModelCard, path: Path) -> str:
-    """MODEL_CARD.md text (every number from the card)."""
+    """The model card text (every number from the card)."""
     m, t, spec = card.metrics, card.training, card.input
     ver, ver79, cal, base = m["verification"], m["verification_folds_7_9"], m["calibration"], m["baseline"]
     att, celeba, speed = m["att_identification"], m["celeba_identification"], m["embed_faces_per_s_cpu"]
@@ -150,8 +150,8 @@ the card by `scripts/finish_imported_model.py`.
 
 {t["origin"]}
 
-Made by two commands: `facedb import-dlib default.pt` (reads `{t["source_file"]}`, sha256
-`{t["source_sha256"][:16]}...`; weights stored as {t["stored_dtype"]}), then `facedb calibrate default.pt --pairs
+Made by two commands: `facedb import-dlib dlib_resnet.pt` (reads `{t["source_file"]}`, sha256
+`{t["source_sha256"][:16]}...`; weights stored as {t["stored_dtype"]}), then `facedb calibrate dlib_resnet.pt --pairs
 ../shared/data/lfw/pairs.txt --framing detect --far 0.1 --far 0.01 --far 0.001 --far 0.0001 --default-far 0.001
 --flip`.
 `tests/test_dlib_import.py` checks that the PyTorch network reproduces dlib's `compute_face_descriptor` on dlib's
@@ -226,7 +226,7 @@ Data credits and terms: see `../shared/data/README.md`. The weights are CC0 (dli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Measure (unless --render-only) and write MODEL_CARD.md beside the model."""
+    """Measure (unless --render-only) and write <model>.md beside the model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--baseline", type=Path, default=REPO / "embedding" / "models" / "compact.pt")
@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
     card = load_checkpoint(args.model)[1] if args.render_only else measure(args.model, args.baseline, args.data)
-    md = args.model.with_name("MODEL_CARD.md")
+    md = args.model.with_suffix(".md")
     md.write_text(render(card, args.model))
     for key in ("verification", "verification_folds_7_9", "att_identification", "celeba_identification"):
         print(f"{key}: {card.metrics[key]['summary']}")

@@ -125,7 +125,7 @@ def _command(card: ModelCard) -> str:
 
 
 def render(card: ModelCard, path: Path) -> str:
-    """MODEL_CARD.md text (every number from the card)."""
+    """The model card text (every number from the card)."""
     m, t, spec = card.metrics, card.training, card.input
     ver, cal, att, teacher = m["verification"], m["calibration"], m["att_identification"], m["teacher_lfw"]
     speed = m["embed_faces_per_s_cpu"]
@@ -151,7 +151,7 @@ def render(card: ModelCard, path: Path) -> str:
     return f"""# Model card: `{path.name}`: {card.name} (version `{card.version}`)
 
 facedb's own face embedder, trained by `facedb train` on two CPU cores: the fast option beside the default
-model (dlib's ResNet, `MODEL_CARD.md`); serve it with `FACEDB_MODEL_PATH=embedding/models/{path.name}`. Everything
+model (dlib's ResNet, `dlib_resnet.md`); serve it with `FACEDB_MODEL_PATH=embedding/models/{path.name}`. Everything
 below was measured on this file through the serving path (detect, align, embed) and is stored in its card
 (`facedb models list`, or `embedding.checkpoint.load_checkpoint`); this page is rendered from the card by
 `scripts/finish_trained_model.py`.

@@ -148,7 +148,12 @@ def enroll_faces(
         Literal["reject", "largest"] | None,
         Form(description="Photos with several faces: reject them (default), or enrol the largest face."),
     ] = None,
-    allow_conflict: Annotated[bool, Form(description="Enrol even if the face matches another identity.")] = False,
+    allow_conflict: Annotated[
+        bool, Form(description="Enrol even if the face is near-certainly another identity (identity_conflict).")
+    ] = False,
+    allow_mismatch: Annotated[
+        bool, Form(description="Add the face even if it does not look like the identity's faces (face_mismatch).")
+    ] = False,
 ) -> schemas.EnrollPublic:
     """Enrol faces. Partial success: each file is accepted with its face id or rejected with a code
     (`no_face`, `multiple_faces`, `face_too_small`, `too_blurry`, `too_dark`, `overexposed`, `extreme_pose`,
@@ -165,6 +170,7 @@ def enroll_faces(
         detect=detect,
         multiple_faces=multiple_faces,
         allow_conflict=allow_conflict,
+        allow_mismatch=allow_mismatch,
     )
 
 

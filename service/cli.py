@@ -135,7 +135,10 @@ def enroll(
     gallery: GalleryOpt = DEFAULT_GALLERY,
     create_gallery: Annotated[bool, typer.Option(help="Create the gallery if it does not exist.")] = True,
     detect: Annotated[bool, typer.Option(help="Detect and align faces; --no-detect for pre-cropped faces.")] = True,
-    allow_conflict: Annotated[bool, typer.Option(help="Enrol faces that match another identity.")] = False,
+    allow_conflict: Annotated[bool, typer.Option(help="Enrol faces that are near-certainly another identity.")] = False,
+    allow_mismatch: Annotated[
+        bool, typer.Option(help="Add faces that do not look like the identity's other faces.")
+    ] = False,
 ) -> None:
     """Enrol a folder: each sub-folder is one identity (its name is the external_id), each image one face.
 
@@ -167,6 +170,7 @@ def enroll(
                             [_read(f) for f in batch],
                             detect=detect,
                             allow_conflict=allow_conflict,
+                            allow_mismatch=allow_mismatch,
                         )
                         rejected = result.rejected
                         accepted += len(result.accepted)
@@ -238,11 +242,14 @@ def inspect(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the drawing (PNG).")] = Path("inspect.png"),
 ) -> None:
     """Draw the detected faces, their landmarks, quality verdicts and aligned crops into a PNG."""
+    from embedding.embedder import read_card  # noqa: PLC0415
     from embedding.facepath import build_detector  # noqa: PLC0415 - only this command needs them here
     from embedding.inspect import inspect_image  # noqa: PLC0415
 
     settings = Settings()
-    detector = build_detector(settings.detector, landmarks=settings.detector_landmarks)
+    with _clean_errors():
+        card = read_card(settings.resolved_model_path)
+    detector = build_detector(settings.detector, landmarks=settings.landmarks_for(card.input))
     with _clean_errors():
         try:
             result = inspect_image(

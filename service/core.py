@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 from sqlalchemy.exc import IntegrityError
@@ -27,12 +27,14 @@ from embedding.facepath import (
     probe_faces,
     whole_image,
 )
+from embedding.openset import OpenSetCalibration
+from index.gallery import Hit
 from service import registry, schemas
 from service.batching import MicroBatcher
 from service.db import crud
 from service.db.engine import Database
 from service.db.migrate import check_schema
-from service.db.models import Gallery, Identity, ModelStatus, ModelVersion
+from service.db.models import Face, Gallery, Identity, ModelStatus, ModelVersion
 from service.errors import FacedbError, not_found
 from service.indexing import IndexManager
 from service.registry import ModelInfo
@@ -53,11 +55,39 @@ class Upload:
 
 @dataclass(frozen=True)
 class Serving:
-    """One model version with its embedder and indexes; requests use one such snapshot throughout."""
+    """One model version with its embedder and indexes; requests use one such snapshot throughout.
+
+    ``open_set``: the model's 1:N calibration (`embedding.openset`), None for a card without one or with fewer than
+    two 1:1 thresholds (identify then decides at the 1:1 default threshold).
+    """
 
     model: ModelInfo
     embedder: Embedder
     indexes: IndexManager
+    open_set: OpenSetCalibration | None
+
+
+ENROL_ATTEMPTS: Final = 50
+"""Catch-up-and-lock rounds an enrolment tries before answering 503 busy."""
+
+
+@dataclass(frozen=True)
+class Screen:
+    """Which enrolment checks run: ``conflict`` (identity_conflict) and ``mismatch`` (face_mismatch)."""
+
+    conflict: bool = True
+    mismatch: bool = True
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The threshold a decision used and where it came from: "request", "setting" (FACEDB_THRESHOLD),
+    "calibrated" (1:N at ``target_fpir`` for ``gallery_faces``) or "model" (the card's 1:1 default)."""
+
+    threshold: float
+    source: Literal["request", "setting", "calibrated", "model"]
+    target_fpir: float | None = None
+    gallery_faces: int | None = None
 
 
 class FaceService:
@@ -169,7 +199,7 @@ class FaceService:
             backfill=lambda face_ids: self.backfill_templates(info.id, embedder, face_ids),
         )
         indexes.start()
-        return Serving(model=info, embedder=embedder, indexes=indexes)
+        return Serving(model=info, embedder=embedder, indexes=indexes, open_set=embedder.card.open_set_calibration())
 
     def _refresh_building(self) -> None:
         with self.db.read() as session:
@@ -358,21 +388,22 @@ class FaceService:
         detect: bool = True,
         multiple_faces: Literal["reject", "largest"] | None = None,
         allow_conflict: bool = False,
+        allow_mismatch: bool = False,
     ) -> schemas.EnrollPublic:
         """Add faces to an identity; each file is accepted or rejected on its own, with a reason code.
 
         With ``detect`` the photo must pass the quality gates (one face unless ``multiple_faces="largest"``,
         big, sharp, lit and frontal enough; see ``FACEDB_QUALITY__*``); without it the whole image is the
-        face. A face that matches a *different* identity of the gallery at or above the decision threshold is
-        rejected as ``identity_conflict`` unless ``allow_conflict``. Each face is embedded by the active model
-        and by every version a re-index is building, and its crop is kept (unless ``FACEDB_STORE_CROPS=false``)
-        so that later models can re-embed it.
+        face. A face that is near-certainly a *different* identity of the gallery (1:N at FACEDB_CONFLICT_FPIR) is
+        rejected as ``identity_conflict`` unless ``allow_conflict``; one that does not look like the identity's
+        own faces (1:1 at FACEDB_MISMATCH_FAR) as ``face_mismatch`` unless ``allow_mismatch``. Each face is
+        embedded by the active model and by every version a re-index is building, and its crop is kept (unless
+        ``FACEDB_STORE_CROPS=false``) so that later models can re-embed it.
         """
         self._check_count(len(uploads))
         serving, building = self.serving, dict(self._building)
         with self.db.read() as session:
             target = self._identity(session, gallery, identity_id)
-            gallery_id = target.gallery_id
             known = crud.identity_image_hashes(session, identity_id=target.id)
         rejected: list[schemas.RejectedFile] = []
         kept: list[tuple[Upload, str, FaceImage]] = []
@@ -388,40 +419,22 @@ class FaceService:
                 continue
             known.add(digest)
             kept.append((upload, digest, face))
-        if kept:
-            x = self._embed_faces(serving.embedder, [f for _, _, f in kept])
-            if not allow_conflict:
-                kept, x = self._drop_conflicts(serving, gallery_id, identity_id, kept, x, rejected)
         accepted: list[schemas.AcceptedFace] = []
         if kept:
             faces_in = [f for _, _, f in kept]
-            templates = {serving.model.id: x}
+            templates = {serving.model.id: self._embed_faces(serving.embedder, faces_in)}
             for mv_id, embedder in building.items():
                 templates[mv_id] = self._embed_faces(embedder, faces_in)
-            try:
-                with self.db.write() as session:
-                    # Re-read under the write lock: the identity may have been deleted meanwhile.
-                    identity = self._identity(session, gallery, identity_id)
-                    faces = crud.add_faces(
-                        session,
-                        identity=identity,
-                        templates=templates,
-                        image_hashes=[d for _, d, _ in kept],
-                        crops=[self._stored_crop(f) for f in faces_in],
-                        detections=[f.detection_record() for f in faces_in],
-                    )
-            except IntegrityError as exc:  # the same image, enrolled by a concurrent request
-                raise FacedbError(
-                    409, "duplicate_image", "this identity already has a face from one of these images"
-                ) from exc
+            screen = Screen(conflict=not allow_conflict, mismatch=not allow_mismatch)
+            stored = self._store_faces(serving, gallery, identity_id, kept, templates, screen, rejected)
             accepted = [
                 schemas.AcceptedFace(
-                    filename=u.filename,
+                    filename=kept[i][0].filename,
                     face_id=f.id,
                     reindexable=self.settings.store_crops,
-                    face=_face_box(face),
+                    face=_face_box(kept[i][2]),
                 )
-                for (u, _, face), f in zip(kept, faces, strict=True)
+                for i, f in stored
             ]
             self.serving.indexes.catch_up()
         result = schemas.EnrollPublic(identity_id=identity_id, accepted=accepted, rejected=rejected)
@@ -448,38 +461,82 @@ class FaceService:
         except FaceRejectedError as exc:
             raise FacedbError(422, exc.code, str(exc), details={"codes": exc.codes}) from exc
 
-    def _drop_conflicts(
+    def _store_faces(
         self,
         serving: Serving,
-        gallery_id: int,
+        gallery: str,
         identity_id: int,
         kept: list[tuple[Upload, str, FaceImage]],
-        x: np.ndarray,
+        templates: dict[int, np.ndarray],
+        screen: Screen,
         rejected: list[schemas.RejectedFile],
-    ) -> tuple[list[tuple[Upload, str, FaceImage]], np.ndarray]:
-        """Reject faces that already match another identity of the gallery at the decision threshold."""
-        threshold = self._threshold(serving, None)
-        hits = serving.indexes.search(gallery_id, x, 2)
-        others = {h.identity_id for row in hits for h in row if h.identity_id != identity_id}
-        with self.db.read() as session:
-            refs = crud.identity_refs(session, identity_ids=sorted(others))
+    ) -> list[tuple[int, Face]]:
+        """Screen the faces and store those that pass, in one transaction that holds the change-log lock with the
+        index caught up to it, so that no face committed meanwhile escapes the check (two enrolments of one person
+        into two identities cannot both pass). Returns (position in ``kept``, stored face) pairs."""
+        for _ in range(ENROL_ATTEMPTS):
+            serving.indexes.catch_up()  # outside the lock: catching up may itself write (template backfill)
+            try:
+                with self.db.write() as session:
+                    crud.lock_changes(session)
+                    if crud.max_seq(session) != serving.indexes.applied_seq:
+                        continue  # another writer committed since the catch-up: catch up again
+                    identity = self._identity(session, gallery, identity_id)
+                    keep = self._screen(session, serving, identity, kept, templates[serving.model.id], screen, rejected)
+                    if not keep:
+                        return []
+                    faces = crud.add_faces(
+                        session,
+                        identity=identity,
+                        templates={mv: x[keep] for mv, x in templates.items()},
+                        image_hashes=[kept[i][1] for i in keep],
+                        crops=[self._stored_crop(kept[i][2]) for i in keep],
+                        detections=[kept[i][2].detection_record() for i in keep],
+                    )
+                    return list(zip(keep, faces, strict=True))
+            except IntegrityError as exc:  # the same image, enrolled by a concurrent request
+                raise FacedbError(
+                    409, "duplicate_image", "this identity already has a face from one of these images"
+                ) from exc
+        raise FacedbError(503, "busy", "the gallery changed too often to check this enrolment; try again")
+
+    def _screen(
+        self,
+        session: Session,
+        serving: Serving,
+        identity: Identity,
+        kept: list[tuple[Upload, str, FaceImage]],
+        x: np.ndarray,
+        screen: Screen,
+        rejected: list[schemas.RejectedFile],
+    ) -> list[int]:
+        """Positions of the faces that pass: not another identity's (``identity_conflict``: the best other identity
+        scores at or above the 1:N conflict threshold) and, where the identity already has faces (or an earlier face
+        of this request was kept), like them (else ``face_mismatch``: the best of its faces scores below the 1:1
+        mismatch threshold)."""
+        hits: list[list[Hit]] = [[] for _ in kept]
+        refs: dict[int, Identity] = {}
+        t_conflict = self._conflict_threshold(serving, identity.gallery_id)
+        if screen.conflict:
+            hits = serving.indexes.search(identity.gallery_id, x, 2)
+            others = sorted({h.identity_id for row in hits for h in row if h.identity_id != identity.id})
+            refs = crud.identity_refs(session, identity_ids=others)
+        t_mismatch = self._mismatch_threshold(serving)
+        own = crud.identity_embeddings(session, identity_id=identity.id, model_version_id=serving.model.id)
         keep: list[int] = []
         for i, row in enumerate(hits):
-            clash = next((h for h in row if h.identity_id != identity_id and h.score >= threshold), None)
-            if clash is None:
-                keep.append(i)
+            filename = kept[i][0].filename
+            clash = next((h for h in row if h.identity_id != identity.id and h.score >= t_conflict), None)
+            if clash is not None:
+                rejected.append(_conflict(filename, clash, refs.get(clash.identity_id), t_conflict))
                 continue
-            other = refs.get(clash.identity_id)
-            name = other.external_id if other is not None else str(clash.identity_id)
-            rejected.append(
-                schemas.RejectedFile(
-                    filename=kept[i][0].filename,
-                    code="identity_conflict",
-                    message=f"this face matches identity {clash.identity_id} ({name}) with score "
-                    f"{clash.score:.3f} >= {threshold:.3f}; send allow_conflict=true to enrol it anyway",
-                )
-            )
-        return [kept[i] for i in keep], x[keep]
+            score = float((own @ x[i]).max()) if len(own) else None
+            if screen.mismatch and score is not None and score < t_mismatch:
+                rejected.append(_mismatch(filename, identity, score, t_mismatch))
+                continue
+            keep.append(i)
+            own = np.vstack([own.reshape(-1, x.shape[1]), x[i : i + 1]])
+        return keep
 
     def delete_face(self, gallery: str, identity_id: int, face_id: int) -> None:
         with self.db.write() as session:
@@ -510,9 +567,11 @@ class FaceService:
         if not 1 <= n_max <= self.settings.max_faces:
             raise FacedbError(422, "invalid_max_faces", f"max_faces must be between 1 and {self.settings.max_faces}")
         serving = self.serving
-        t = self._threshold(serving, threshold)
+        self._check_threshold(threshold)
         with self.db.read() as session:
             g = self._gallery(session, gallery)
+        decision = self._identify_threshold(serving, g.id, threshold)
+        t = decision.threshold
         faces = self._probe_faces(upload, detect=detect)[:n_max]
         hits = serving.indexes.search(g.id, self._embed_faces(serving.embedder, faces), k) if faces else []
         with self.db.read() as session:
@@ -537,6 +596,9 @@ class FaceService:
             gallery=gallery,
             model_version=serving.model.label,
             threshold=t,
+            threshold_source=decision.source,
+            target_fpir=decision.target_fpir,
+            gallery_faces=decision.gallery_faces,
             candidates=first.candidates if first else [],
             match=first.match if first else None,
             faces=results,
@@ -646,14 +708,68 @@ class FaceService:
                 f"at most {self.settings.max_images_per_request} images per request",
             )
 
+    @staticmethod
+    def _check_threshold(threshold: float | None) -> None:
+        if threshold is not None and not -1.0 <= threshold <= 1.0:
+            raise FacedbError(422, "invalid_threshold", "threshold must be between -1 and 1")
+
     def _threshold(self, serving: Serving, threshold: float | None) -> float:
+        """1:1 (verify): the request's threshold, FACEDB_THRESHOLD, or the model card's default."""
+        self._check_threshold(threshold)
         if threshold is not None:
-            if not -1.0 <= threshold <= 1.0:
-                raise FacedbError(422, "invalid_threshold", "threshold must be between -1 and 1")
             return threshold
         if self.settings.threshold is not None:
             return self.settings.threshold
         return serving.model.default_threshold
+
+    def _identify_threshold(self, serving: Serving, gallery_id: int, threshold: float | None) -> Decision:
+        """1:N: the request's threshold, FACEDB_THRESHOLD, or the one for FACEDB_TARGET_FPIR at the gallery's size."""
+        if threshold is not None:
+            return Decision(threshold, "request")
+        if self.settings.threshold is not None:
+            return Decision(self.settings.threshold, "setting")
+        if serving.open_set is None:
+            return Decision(serving.model.default_threshold, "model")
+        n = serving.indexes.gallery_faces(gallery_id)
+        fpir = self.settings.target_fpir
+        return Decision(serving.open_set.threshold(n, fpir), "calibrated", target_fpir=fpir, gallery_faces=n)
+
+    def _conflict_threshold(self, serving: Serving, gallery_id: int) -> float:
+        """Enrolment's bar for "this face is another identity": 1:N at FACEDB_CONFLICT_FPIR for the gallery's size."""
+        if serving.open_set is None:
+            return serving.model.default_threshold
+        return serving.open_set.threshold(serving.indexes.gallery_faces(gallery_id), self.settings.conflict_fpir)
+
+    def _mismatch_threshold(self, serving: Serving) -> float:
+        """Enrolment's bar for "this face is the identity it is added to": 1:1 at FACEDB_MISMATCH_FAR."""
+        if serving.open_set is None:
+            return serving.model.default_threshold
+        return serving.open_set.threshold_at_far(self.settings.mismatch_far)
+
+
+def _conflict(filename: str, clash: Hit, other: Identity | None, threshold: float) -> schemas.RejectedFile:
+    name = other.external_id if other is not None else str(clash.identity_id)
+    return schemas.RejectedFile(
+        filename=filename,
+        code="identity_conflict",
+        message=f"this face is identity {clash.identity_id} ({name}): score {clash.score:.3f} >= {threshold:.3f}; "
+        "send allow_conflict=true to enrol it anyway",
+        other_identity=clash.identity_id,
+        score=clash.score,
+        threshold=threshold,
+    )
+
+
+def _mismatch(filename: str, identity: Identity, score: float, threshold: float) -> schemas.RejectedFile:
+    return schemas.RejectedFile(
+        filename=filename,
+        code="face_mismatch",
+        message=f"this face does not look like identity {identity.id} ({identity.external_id}): its best score "
+        f"against that identity's faces is {score:.3f} < {threshold:.3f}; send allow_mismatch=true to add it anyway",
+        other_identity=identity.id,
+        score=score,
+        threshold=threshold,
+    )
 
 
 def _face_box(face: FaceImage) -> schemas.FaceBox | None:

@@ -235,6 +235,11 @@ class IndexManager:
 
     # --- search ---------------------------------------------------------------------------------------
 
+    def gallery_faces(self, gallery_id: int) -> int:
+        """Faces in one gallery's index (0 for a gallery with none)."""
+        index = self._indexes.get(gallery_id)
+        return 0 if index is None else index.ntotal
+
     def search(self, gallery_id: int, xq: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-k distinct identities per query row of ``xq`` (float32 (M, D)); [] for an empty gallery."""
         index = self._indexes.get(gallery_id)

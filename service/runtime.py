@@ -75,7 +75,8 @@ def build_runtime(settings: Settings, *, batching: bool = True) -> Runtime:
     )
     detector = DetectorPool(
         size=settings.detector_pool_size,
-        factory=lambda: build_detector(settings.detector, landmarks=settings.detector_landmarks),
+        # The configured model's card names its landmarks; the embedder is loaded before the first detector.
+        factory=lambda: build_detector(settings.detector, landmarks=settings.landmarks_for(embedder.card.input)),
     )
     service = FaceService(settings=settings, db=db, embedder=embedder, batcher=batcher, detector=detector)
     try:

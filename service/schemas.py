@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -96,6 +96,12 @@ class RejectedFile(BaseModel):
     filename: str
     code: str
     message: str
+    other_identity: int | None = Field(
+        default=None,
+        description="identity_conflict: the identity the face matched; face_mismatch: the identity it was added to.",
+    )
+    score: float | None = Field(default=None, description="The score that decided a conflict or mismatch.")
+    threshold: float | None = Field(default=None, description="The threshold it was compared with.")
 
 
 class EnrollPublic(BaseModel):
@@ -126,7 +132,16 @@ class FaceResult(BaseModel):
 class IdentifyPublic(BaseModel):
     gallery: str
     model_version: str
-    threshold: float
+    threshold: float = Field(description="`match` means the top candidate's score is >= this.")
+    threshold_source: Literal["request", "setting", "calibrated", "model"] = Field(
+        description="request: the request's `threshold`; setting: FACEDB_THRESHOLD; calibrated: set for "
+        "`target_fpir` against `gallery_faces` faces from the model card's 1:N calibration; model: the card's 1:1 "
+        "default (a card without calibration)."
+    )
+    target_fpir: float | None = Field(
+        description="The share of people not enrolled that may get a match (calibrated thresholds only)."
+    )
+    gallery_faces: int | None = Field(description="Faces enrolled in the gallery when the threshold was set.")
     candidates: list[Candidate] = Field(description="The largest face's candidates: distinct identities, best first.")
     match: Candidate | None = Field(description="The largest face's decision: its top candidate if >= threshold.")
     faces: list[FaceResult] = Field(description="One result per detected face, largest first (max_faces).")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embedding.quality import QualitySettings
+
+if TYPE_CHECKING:
+    from embedding.card import InputSpec
+    from embedding.facepath import LandmarkSource
 
 
 class Settings(BaseSettings):
@@ -42,17 +46,43 @@ class Settings(BaseSettings):
     )
 
     threshold: float | None = Field(
-        default=None, ge=-1.0, le=1.0, description="Decision threshold; empty = the model card's default."
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="One fixed threshold for identify and verify alike; empty = calibrated ones: verify at the "
+        "model card's 1:1 default, identify at target_fpir for the gallery's current size.",
+    )
+    target_fpir: float = Field(
+        default=1e-2,
+        gt=0,
+        lt=1,
+        description="Identify's share of strangers (people not enrolled) allowed a match, whatever the gallery size: "
+        "its threshold rises with the number of faces enrolled (embedding/openset.py).",
+    )
+    conflict_fpir: float = Field(
+        default=1e-3,
+        gt=0,
+        lt=1,
+        description="Enrolment refuses a face as identity_conflict only above the 1:N threshold at this FPIR "
+        "(near-certain duplicates of another identity).",
+    )
+    mismatch_far: float = Field(
+        default=1e-2,
+        gt=0,
+        lt=1,
+        description="Enrolment refuses a face that scores below the 1:1 threshold at this FAR against the faces of "
+        "the identity it is added to (face_mismatch).",
     )
 
     detector: Literal["yunet", "hog", "cnn"] = Field(
         default="yunet",
         description="YuNet on onnxruntime (MIT, 5 landmarks, ~3 ms), dlib's HOG (~30 ms) or dlib's CNN (0.3-2 s).",
     )
-    detector_landmarks: Literal["5", "68", "yunet"] = Field(
-        default="5",
-        description="Landmarks faces are aligned by: dlib's public-domain 5-point model (default), the 68-point "
-        "model (opt-in: trained on iBUG 300-W, whose terms forbid commercial use), or YuNet's own points.",
+    detector_landmarks: Literal["auto", "5", "68", "yunet"] = Field(
+        default="auto",
+        description="Landmarks faces are aligned by: auto = what the model card says it was calibrated with "
+        "(else 5); dlib's public-domain 5-point model; the 68-point model (opt-in: trained on iBUG 300-W, whose "
+        "terms forbid commercial use); or YuNet's own points.",
     )
     detector_pool_size: int = Field(default=2, gt=0, description="Detectors for concurrent requests.")
     max_faces: int = Field(default=10, gt=0, description="Faces per image that identify answers for.")
@@ -93,6 +123,14 @@ class Settings(BaseSettings):
         if self.default_top_k > self.max_top_k:
             raise ValueError("default_top_k must not exceed max_top_k")
         return self
+
+    def landmarks_for(self, spec: InputSpec) -> LandmarkSource:
+        """The landmark source to build detectors with for a model with this input spec."""
+        if self.detector_landmarks != "auto":
+            return self.detector_landmarks
+        from embedding.facepath import landmarks_for  # noqa: PLC0415 - keeps settings import light
+
+        return landmarks_for(spec, self.detector)
 
     @property
     def resolved_database_url(self) -> str:

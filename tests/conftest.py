@@ -117,7 +117,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 # Synthetic blobs are no faces: tests that use them send no detection and skip the identity-conflict check
 # (to a face model all blobs look alike).
-SYNTHETIC_ENROL = {"detect": "false", "allow_conflict": "true"}
+SYNTHETIC_ENROL = {"detect": "false", "allow_conflict": "true", "allow_mismatch": "true"}
 SYNTHETIC_PROBE = {"detect": "false"}
 
 

@@ -102,7 +102,7 @@ def test_border_modes() -> None:
 def test_templates_and_spec() -> None:
     assert set(TEMPLATES) == {"arcface_112", "head_92x112", "dlib_150"}
     assert HEAD_92x112.size == (92, 112)
-    # Head framing from MODEL_CARD.md: eyes at ~47% of the height, eye-to-mouth ~30%.
+    # Head framing from dlib_resnet.md: eyes at ~47% of the height, eye-to-mouth ~30%.
     eyes_y = HEAD_92x112.points[:2, 1].mean() / 112
     assert 0.45 < eyes_y < 0.49
     assert 0.27 < (HEAD_92x112.points[3:, 1].mean() - HEAD_92x112.points[:2, 1].mean()) / 112 < 0.32

@@ -6,8 +6,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from embedding.checkpoint import load_checkpoint
-from embedding.embedder import default_model_path
+from embedding.embedder import default_model_path, read_card
 from service.api import create_app
 from service.settings import Settings
 from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, image_bytes
@@ -50,7 +49,7 @@ def test_health_and_readiness(client: TestClient) -> None:
         "index_faces": 0,
         "model_version": checks["model_version"],
     }
-    _, card = load_checkpoint(default_model_path())
+    card = read_card(default_model_path())
     assert checks["model_version"] == f"{card.name}@{card.version}"
 
 
@@ -148,7 +147,9 @@ def test_enroll_identify_verify_delete(client: TestClient) -> None:
     assert res["candidates"][0]["identity"]["external_id"] == "bob"
     assert res["candidates"][0]["score"] > 0.999
     assert res["match"]["identity"]["id"] == people["bob"]["id"]
-    assert res["threshold"] == client.app.state.runtime.service.active.default_threshold  # type: ignore[attr-defined]
+    assert res["threshold_source"] == "calibrated" and res["gallery_faces"] == 9
+    open_set = client.app.state.runtime.service.serving.open_set  # type: ignore[attr-defined]
+    assert res["threshold"] == open_set.threshold(9, res["target_fpir"])
     ids = [c["identity"]["id"] for c in res["candidates"]]
     assert len(ids) == len(set(ids)) == 3, "top-k returns distinct identities"
     scores = [c["score"] for c in res["candidates"]]

@@ -8,7 +8,7 @@ from torch import nn
 
 from embedding.backbones import BACKBONES, IRESNET_LAYERS, build_backbone
 from embedding.checkpoint import load_checkpoint
-from embedding.embedder import compact_model_path, default_model_path
+from embedding.embedder import compact_model_path, dlib_resnet_model_path
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 DEPTHS = {
@@ -101,7 +101,7 @@ def test_registry_has_all_and_default_model_still_loads() -> None:
         "mobilefacenet",
         "siamese_att",
     } <= set(BACKBONES)
-    _, card = load_checkpoint(default_model_path())  # strict load of the shipped weights
+    _, card = load_checkpoint(dlib_resnet_model_path())  # strict load of the shipped weights
     assert card.arch == "dlib_resnet29" and card.input.face_template == "dlib_150"
     _, card = load_checkpoint(compact_model_path())
     assert card.arch == "compact_iresnet" and card.input.face_template == "arcface_112"

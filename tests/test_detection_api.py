@@ -76,8 +76,13 @@ def test_enrolment_gates_each_say_why(client: TestClient) -> None:
     assert reasons["tiny.jpg"] in {"face_too_small", "no_face"}
     assert reasons["two.jpg"] == "multiple_faces"
     assert all(x["message"] for x in body["rejected"])
-    # the photo with two people is accepted when the request says to take the largest face
+    # the photo with two people is accepted when the request says to take the largest face (someone else's: the
+    # request also says to add it although it does not look like this identity)
     r = enrol(client, pid, ("two.jpg", jpeg(two)), multiple_faces="largest", allow_conflict="true")
+    assert r.json()["error"]["details"]["rejected"][0]["code"] == "face_mismatch"
+    r = enrol(
+        client, pid, ("two.jpg", jpeg(two)), multiple_faces="largest", allow_conflict="true", allow_mismatch="true"
+    )
     assert r.status_code == 201, r.text
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from embedding.backbones import BACKBONES, build_backbone, register
 from embedding.card import InputSpec, ModelCard
 from embedding.checkpoint import load_checkpoint, save_checkpoint, weights_version
-from embedding.embedder import Embedder, compact_model_path, default_model_path
+from embedding.embedder import Embedder, compact_model_path, dlib_resnet_model_path
 from embedding.errors import IMAGE_ERROR_CODES, ImageError, ModelLoadError
 from embedding.image import decode_image
 from embedding.preprocess import center_crop_box, to_model_input
@@ -520,7 +520,7 @@ def test_embedding_package_has_no_service_dependencies() -> None:
 
 @pytest.fixture(scope="module")
 def default_embedder() -> TorchEmbedder:
-    path = default_model_path()
+    path = dlib_resnet_model_path()
     assert path.exists(), f"the shipped default model is missing: {path}"
     embedder = TorchEmbedder(path, device="cpu", batch_size=32)
     embedder.load()
@@ -530,7 +530,7 @@ def default_embedder() -> TorchEmbedder:
 @pytest.fixture(scope="module", params=["default", "compact"])
 def shipped_embedder(request: pytest.FixtureRequest) -> TorchEmbedder:
     """Each model shipped in embedding/models/."""
-    path = default_model_path() if request.param == "default" else compact_model_path()
+    path = dlib_resnet_model_path() if request.param == "default" else compact_model_path()
     assert path.exists(), f"a shipped model is missing: {path}"
     embedder = TorchEmbedder(path, device="cpu", batch_size=32)
     embedder.load()
@@ -556,9 +556,9 @@ def test_default_model_card(default_embedder: TorchEmbedder) -> None:
     assert card.metrics["verification"]["accuracy_mean"] >= 0.97
     assert card.metrics["celeba_identification"]["rank1"] > card.metrics["baseline"]["celeba_identification"]["rank1"]
     assert card.training["source_sha256"] == hashlib.sha256(dlib_model_path().read_bytes()).hexdigest()
-    assert default_model_path().stat().st_size < 20_000_000
+    assert dlib_resnet_model_path().stat().st_size < 20_000_000
     assert len(default_embedder.checksum) == 64
-    card_md = default_model_path().with_name("MODEL_CARD.md").read_text()
+    card_md = dlib_resnet_model_path().with_suffix(".md").read_text()
     assert card.version in card_md and f"{card.default_threshold:.4f}" in card_md
 
 

@@ -238,11 +238,11 @@ def test_evaluate_and_calibrate_commands(tmp_path: Path) -> None:
 
 def test_default_model_on_att_identification() -> None:
     att = require_data(DATA_ROOT / "att_faces")
-    from embedding.embedder import default_model_path
+    from embedding.embedder import dlib_resnet_model_path
     from embedding.train.cli import evaluate_model
 
     result = evaluate_model(
-        default_model_path(), identification_dir=att, identification_framing="detect", gallery_per_identity=5
+        dlib_resnet_model_path(), identification_dir=att, identification_framing="detect", gallery_per_identity=5
     )
     ident = result["identification"]
     assert ident["stranger_identities"] == 10 and ident["mated_probes"] == 150

@@ -11,7 +11,7 @@ from embedding.align import DLIB_150, eye_error
 from embedding.card import InputSpec
 from embedding.checkpoint import load_checkpoint, replace_card
 from embedding.detect import YUNET_TO_HOG, DlibDetector, DlibLandmarks
-from embedding.embedder import default_model_path
+from embedding.embedder import dlib_resnet_model_path
 from embedding.facepath import (
     FaceRejectedError,
     aligned_face,
@@ -116,17 +116,19 @@ def test_yunet_finds_nothing_in_blobs() -> None:
 
 def test_mirror_augmentation_is_symmetric_and_calibrated_per_card(tmp_path: Path) -> None:
     """With ``flip`` a face and its mirror image get the same embedding; the card says whether it is on."""
-    _, card = load_checkpoint(default_model_path())
+    _, card = load_checkpoint(dlib_resnet_model_path())
     flipped = tmp_path / "flip.pt"
     replace_card(
-        default_model_path(), flipped, card.model_copy(update={"input": card.input.model_copy(update={"flip": True})})
+        dlib_resnet_model_path(),
+        flipped,
+        card.model_copy(update={"input": card.input.model_copy(update={"flip": True})}),
     )
     rng = np.random.default_rng(0)
     faces = [rng.integers(0, 256, size=(150, 150, 3), dtype=np.uint8) for _ in range(3)]
     mirrored = [np.ascontiguousarray(f[:, ::-1]) for f in faces]
     with_flip = TorchEmbedder(flipped)
     np.testing.assert_allclose(with_flip.embed(faces), with_flip.embed(mirrored), atol=1e-5)
-    plain = TorchEmbedder(default_model_path())
+    plain = TorchEmbedder(dlib_resnet_model_path())
     if not card.input.flip:
         assert float((plain.embed(faces) * plain.embed(mirrored)).sum(axis=1).min()) < 0.9999
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from embedding.backbones import build_backbone
 from embedding.card import InputSpec, ModelCard
 from embedding.checkpoint import save_checkpoint
-from embedding.embedder import default_model_path, load_embedder
+from embedding.embedder import dlib_resnet_model_path, load_embedder
 from embedding.errors import ModelLoadError
 from embedding.onnx_embedder import CARD_KEY, GRAPH_HASH_KEY, INSIGHTFACE_INPUT, OnnxEmbedder, graph_sha256
 from embedding.onnx_export import export_onnx
@@ -86,10 +86,10 @@ def test_onnx_agrees_with_torch_and_carries_the_card(exported: tuple[Path, Path]
 
 def test_default_model_exports(tmp_path: Path) -> None:
     out = tmp_path / "default.onnx"
-    res = CliRunner().invoke(_app(), ["export-onnx", str(default_model_path()), str(out)])
+    res = CliRunner().invoke(_app(), ["export-onnx", str(dlib_resnet_model_path()), str(out)])
     assert res.exit_code == 0, res.output
     images = random_images(4, seed=3)
-    a = TorchEmbedder(default_model_path(), device="cpu").embed(images)
+    a = TorchEmbedder(dlib_resnet_model_path(), device="cpu").embed(images)
     b = load_embedder(out).embed(images)
     assert np.min(np.sum(a * b, axis=1)) > 0.999
 

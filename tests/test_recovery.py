@@ -33,7 +33,12 @@ def enroll_people(rt: Runtime, n: int, seed: int = 0) -> list[int]:
     for i in range(n):
         ident = rt.service.create_identity("default", schemas.IdentityCreate(external_id=f"s{seed}-{i}"))
         rt.service.enroll(
-            "default", ident.id, [Upload(f"{i}.png", image_bytes(seed * 1000 + i))], detect=False, allow_conflict=True
+            "default",
+            ident.id,
+            [Upload(f"{i}.png", image_bytes(seed * 1000 + i))],
+            detect=False,
+            allow_conflict=True,
+            allow_mismatch=True,
         )
         ids.append(ident.id)
     return ids

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from embedding.checkpoint import load_checkpoint, save_checkpoint, weights_version
-from embedding.embedder import default_model_path
+from embedding.embedder import dlib_resnet_model_path
 from service import schemas
 from service.admin import AdminService
 from service.api import create_app
@@ -38,8 +38,8 @@ G = "/v1/galleries/default"
 
 @pytest.fixture(scope="session")
 def model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second model: the default one with perturbed weights, as after retraining."""
-    model, card = load_checkpoint(default_model_path())
+    """A second model: dlib's ResNet with perturbed weights, as after retraining (the default is SFace)."""
+    model, card = load_checkpoint(dlib_resnet_model_path())
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for p in model.parameters():
@@ -60,7 +60,7 @@ def enroll_people(rt: Runtime, n: int, per: int = 2, prefix: str = "p") -> dict[
     for i in range(n):
         ident = rt.service.create_identity("default", schemas.IdentityCreate(external_id=f"{prefix}{i}"))
         uploads = [Upload(f"{j}.png", image_bytes(1000 * i + j)) for j in range(per)]
-        rt.service.enroll("default", ident.id, uploads, detect=False, allow_conflict=True)
+        rt.service.enroll("default", ident.id, uploads, detect=False, allow_conflict=True, allow_mismatch=True)
         ids[ident.external_id] = ident.id
     return ids
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from embedding.embedder import default_model_path, load_embedder
+from embedding.embedder import dlib_resnet_model_path, load_embedder
 from embedding.errors import ModelLoadError
 from embedding.facepath import aligned_face, build_detector
 from embedding.onnx_embedder import ExportedOnnxEmbedder
@@ -42,7 +42,7 @@ print(",".join(sorted(m for m in sys.modules if m.startswith("embedding.train") 
 def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model's ONNX export, made once for this module."""
     cache = tmp_path_factory.mktemp("onnx")
-    ExportedOnnxEmbedder(default_model_path(), cache_dir=cache).load()
+    ExportedOnnxEmbedder(dlib_resnet_model_path(), cache_dir=cache).load()
     return cache
 
 
@@ -57,12 +57,12 @@ def test_serve_imports_no_training_code_and_no_torch(tmp_path: Path, onnx_cache:
     )
     assert proc.returncode == 0, proc.stderr
     embedder, loaded = proc.stdout.splitlines()[-2:]
-    assert embedder == "ExportedOnnxEmbedder"
+    assert embedder == "OnnxEmbedder"  # the default model is an .onnx file
     assert loaded == "", f"the serving process imported {loaded}"
 
 
 def test_auto_runtime_is_onnx_on_cpu_and_torch_elsewhere(tmp_path: Path) -> None:
-    path = default_model_path()
+    path = dlib_resnet_model_path()
     assert isinstance(load_embedder(path, runtime="auto", onnx_cache=tmp_path, device="cpu"), ExportedOnnxEmbedder)
     assert isinstance(load_embedder(path, runtime="auto", onnx_cache=tmp_path, device="cuda"), TorchEmbedder)
     assert isinstance(load_embedder(path, runtime="torch", onnx_cache=tmp_path), TorchEmbedder)
@@ -72,8 +72,8 @@ def test_auto_runtime_is_onnx_on_cpu_and_torch_elsewhere(tmp_path: Path) -> None
 @pytest.mark.data
 def test_onnx_serves_the_same_model(onnx_cache: Path) -> None:
     """Same card, version and checksum as the .pt; every real face within cosine 0.999 of PyTorch."""
-    torch_embedder = TorchEmbedder(default_model_path())
-    onnx_embedder = ExportedOnnxEmbedder(default_model_path(), cache_dir=onnx_cache)
+    torch_embedder = TorchEmbedder(dlib_resnet_model_path())
+    onnx_embedder = ExportedOnnxEmbedder(dlib_resnet_model_path(), cache_dir=onnx_cache)
     assert onnx_embedder.checksum == torch_embedder.checksum
     assert onnx_embedder.card == torch_embedder.card
     detector = build_detector()
@@ -101,4 +101,4 @@ def test_an_unwritable_cache_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(ModelLoadError, match="FACEDB_ONNX_CACHE_DIR"):
-        ExportedOnnxEmbedder(default_model_path(), cache_dir=blocker / "onnx").load()
+        ExportedOnnxEmbedder(dlib_resnet_model_path(), cache_dir=blocker / "onnx").load()

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from embedding.align import ARCFACE_112, template_for_spec
 from embedding.card import InputSpec
 from embedding.detect import DetectedFace
-from embedding.facepath import build_detector, model_face
+from embedding.facepath import build_detector, landmarks_for, model_face
 from embedding.image import decode_image
 from embedding.train.teacher import TEACHER_DIM, DlibTeacher
 
@@ -82,7 +82,7 @@ def _align_chunk(
 ) -> tuple[list[np.ndarray | None], list[np.ndarray | None], list[tuple[int, int]], np.ndarray | None]:
     """Worker: (crop or None per image, landmarks or None, (height, width), teacher rows of found faces)."""
     spec = InputSpec.model_validate_json(spec_json)
-    detector = build_detector()
+    detector = build_detector(landmarks=landmarks_for(spec))
     teacher = DlibTeacher() if with_teacher else None
     crops: list[np.ndarray | None] = []
     points: list[np.ndarray | None] = []
@@ -136,7 +136,8 @@ def align_files(
 ) -> AlignedSet:
     """Detect, align and cut every image (see module doc) -> `AlignedSet` in `paths` order."""
     files = [str(Path(p).resolve()) for p in paths]
-    key = json.dumps([_CACHE_VERSION, spec.model_dump(mode="json"), teacher, build_detector().name, files])
+    detector_name = build_detector(landmarks=landmarks_for(spec)).name
+    key = json.dumps([_CACHE_VERSION, spec.model_dump(mode="json"), teacher, detector_name, files])
     cache = cache_dir / f"{desc}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz" if cache_dir else None
     if cache is not None and cache.exists():
         with np.load(cache) as data:

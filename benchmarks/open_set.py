@@ -1,0 +1,897 @@
+"""Open-set identification on real faces: galleries from 100 people to every person the shared data holds.
+
+Stages (each a subcommand; the first is slow and cached, the others take seconds to minutes):
+
+- ``embed``: every photo of the shared data (LFW folds 1-9, CelebA subset, AT&T, Extended Yale B, Yale A)
+  through facedb's face path: YuNet finds the faces, the labelled person's is kept (`subject_face`), and its
+  landmarks are YuNet's own five points and dlib's 5-point predictor's (mapped as the service maps them). Each
+  embedder in `EMBEDDERS` embeds the face and its mirror image, aligned with the landmarks it is served with.
+  Cached as ``.npz`` under ``--cache`` (one file per data set and embedder): later stages never touch an image.
+- ``library``: the numbers, from the cached embeddings with exact (brute-force) search, for each embedder and
+  fusion at every gallery size (see `evaluate`).
+- ``calibrate``: the 1:N threshold table for a model card, measured on the *calibration* split only.
+- ``http``: one gallery size through a running service's HTTP API, enrolled and searched as a client would.
+
+Splits (identity-disjoint; `split_of`): LFW people whose name hashes to 0 mod 3 form the *calibration* split,
+which alone chooses thresholds, score normalisation and the default embedder's settings; every other person
+(the rest of LFW, CelebA, AT&T and both Yale sets) forms the *evaluation* split that the reported figures come
+from. The model card says the same.
+
+    python -m benchmarks.open_set embed [--workers 2]
+    python -m benchmarks.open_set library --json open_set.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "facedb" / "open_set"
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".gif"})
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """One identity-folder set of the shared data: ``root/<identity>/<image>``."""
+
+    name: str
+    root: Path
+
+
+DATASETS = (
+    DataSet("lfw", DATA / "lfw" / "images"),
+    DataSet("celeba", DATA / "celeba_subset"),
+    DataSet("att", DATA / "att_faces"),
+    DataSet("yaleb", DATA / "extended_yale_b"),
+    DataSet("yalea", DATA / "yalefaces"),
+)
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """A model file and the landmarks its faces are aligned with ("dlib5" or "yunet")."""
+
+    name: str
+    path: Path
+    landmarks: str
+
+
+EMBEDDERS = (
+    EmbedderSpec("dlib", REPO / "embedding/models/dlib_resnet.pt", "dlib5"),
+    EmbedderSpec("sface_yunet", REPO / "embedding/models/sface.onnx", "yunet"),  # the landmarks ablation
+    EmbedderSpec("compact", REPO / "embedding/models/compact.pt", "dlib5"),
+    EmbedderSpec("sface", REPO / "embedding/models/sface.onnx", "dlib5"),
+)
+
+
+SAME_PERSON = {
+    "lfw/Sung_Hong_Choi": "lfw/Choi_Sung-hong",
+    "lfw/Noer_Moeis": "lfw/Noer_Muis",
+    "lfw/Hasan_Wirayuda": "lfw/Hassan_Wirajuda",
+    "lfw/Chyung_Dai-chul": "lfw/Dai_Chul_Chyung",
+    "lfw/Yingfan_Wang": "lfw/Wang_Yingfan",
+    "lfw/Talisa_Bratt": "lfw/Talisa_Soto",
+    "lfw/Doc_Rivers": "lfw/Glenn_Rivers",
+    "lfw/Brian_Williams": "lfw/Bison_Dele",
+    "lfw/Odai_Hussein": "lfw/Uday_Hussein",
+    "lfw/Bill_Pryor": "lfw/William_Pryor_Jr",
+}
+"""LFW folders that hold one person under two names (transliterations, a married name, a nickname, a change of
+name), merged into one identity. Found among the top false matches of this benchmark and kept only where the
+names alone show it is one person; other high-scoring pairs (one photo filed under two people who appear in it)
+stay as they are and count against every embedder alike."""
+
+
+def split_of(identity: str) -> str:
+    """ "calibration" or "evaluation" for a qualified identity name such as ``lfw/George_W_Bush``."""
+    dataset, _, person = identity.partition("/")
+    if dataset == "lfw" and int(hashlib.sha256(person.encode()).hexdigest()[:8], 16) % 3 == 0:
+        return "calibration"
+    return "evaluation"
+
+
+def list_images(dataset: DataSet) -> list[tuple[str, Path]]:
+    """(qualified identity, image path) for every image of a set, in a fixed order."""
+    rows = []
+    for folder in sorted(p for p in dataset.root.iterdir() if p.is_dir()):
+        for image in sorted(folder.iterdir()):
+            if image.suffix.lower() in IMAGE_SUFFIXES:
+                rows.append((f"{dataset.name}/{folder.name}", image))
+    return rows
+
+
+# --- embed ---------------------------------------------------------------------------------------------
+
+
+def _unflipped(spec: EmbedderSpec, tmp: Path) -> Path:
+    """The model file with mirror-image augmentation off in its card (both views are embedded here)."""
+    from embedding.train.cli import _with_flip  # noqa: PLC0415
+
+    return _with_flip(spec.path, tmp, False)
+
+
+def subject_face(faces: Sequence[Any], width: int, height: int) -> Any:
+    """The labelled person's face: the one nearest the image centre among those at least half as wide as the
+    widest (LFW's photos are centred on the person they are filed under; some hold a bigger face of someone else)."""
+    widest = max(f.box[2] - f.box[0] for f in faces)
+    big = [f for f in faces if f.box[2] - f.box[0] >= widest / 2]
+    return min(
+        big, key=lambda f: ((f.box[0] + f.box[2]) / 2 - width / 2) ** 2 + ((f.box[1] + f.box[3]) / 2 - height / 2) ** 2
+    )
+
+
+def _embed_shard(args: tuple[list[str], list[str], list[str], int]) -> dict[str, np.ndarray]:
+    """Worker: detect, align and embed one shard of images (one thread)."""
+    paths, _names, models, batch = args
+    from embedding.detect import DlibLandmarks  # noqa: PLC0415
+    from embedding.embedder import load_embedder  # noqa: PLC0415
+    from embedding.errors import ImageError  # noqa: PLC0415
+    from embedding.facepath import decode, model_face  # noqa: PLC0415
+    from embedding.yunet import YuNetDetector  # noqa: PLC0415
+
+    specs = [s for s in EMBEDDERS if s.name in models]
+    yunet = YuNetDetector(threads=1)
+    refiner = DlibLandmarks(yunet, model="5")
+    n = len(paths)
+    out: dict[str, np.ndarray] = {
+        "found": np.zeros(n, dtype=bool),
+        "box": np.zeros((n, 4), dtype=np.float32),
+        "score": np.zeros(n, dtype=np.float32),
+        "yunet": np.zeros((n, 5, 2), dtype=np.float32),
+        "dlib5": np.zeros((n, 5, 2), dtype=np.float32),
+    }
+    images: list[np.ndarray | None] = []
+    for i, p in enumerate(paths):
+        try:
+            rgb = decode(Path(p).read_bytes(), max_pixels=50_000_000)
+        except ImageError:
+            images.append(None)
+            continue
+        faces = yunet.detect(rgb)
+        if not faces:
+            images.append(None)
+            continue
+        face = subject_face(faces, rgb.shape[1], rgb.shape[0])
+        refined = refiner.refine(rgb, [face])[0]
+        out["found"][i] = True
+        out["box"][i] = face.box
+        out["score"][i] = face.score
+        out["yunet"][i] = face.landmarks
+        out["dlib5"][i] = refined.landmarks
+        images.append(rgb)
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in specs:
+            embedder = load_embedder(
+                _unflipped(spec, Path(tmp)),
+                runtime="onnx",
+                onnx_cache=CACHE.parent / "onnx",
+                threads=1,
+                allow_uncalibrated=True,
+            )
+            embedder.load()
+            dim = embedder.card.embedding_dim
+            for view in ("o", "m"):
+                out[f"{spec.name}_{view}"] = np.zeros((n, dim), dtype=np.float32)
+            idx = [i for i in range(n) if images[i] is not None]
+            for start in range(0, len(idx), batch):
+                chunk = idx[start : start + batch]
+                crops = [model_face(images[i], out[spec.landmarks][i], embedder.card.input) for i in chunk]  # type: ignore[arg-type]
+                out[f"{spec.name}_o"][chunk] = embedder.embed(crops)
+                out[f"{spec.name}_m"][chunk] = embedder.embed([np.ascontiguousarray(c[:, ::-1]) for c in crops])
+    return out
+
+
+def cache_file(cache: Path, dataset: str, part: str) -> Path:
+    """Where one data set's detections (``part="faces"``) or one embedder's vectors are cached."""
+    return cache / f"{dataset}.{part}.npz"
+
+
+def embed(cache: Path, *, workers: int, models: Sequence[str], datasets: Sequence[str], batch: int = 16) -> None:
+    """Fill the cache for every data set and embedder that is not cached yet."""
+    cache.mkdir(parents=True, exist_ok=True)
+    for ds in DATASETS:
+        if ds.name not in datasets:
+            continue
+        if not ds.root.is_dir():
+            print(f"skip {ds.name}: {ds.root} is absent", file=sys.stderr)
+            continue
+        todo = [m for m in models if not cache_file(cache, ds.name, m).exists()]
+        if not todo and cache_file(cache, ds.name, "faces").exists():
+            continue
+        rows = list_images(ds)
+        started = time.perf_counter()
+        shards = [list(range(i, len(rows), workers)) for i in range(workers)]
+        jobs = [([str(rows[i][1]) for i in s], [rows[i][0] for i in s], todo, batch) for s in shards]
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(_embed_shard, jobs))
+        merged: dict[str, np.ndarray] = {}
+        for key in parts[0]:
+            first = parts[0][key]
+            merged[key] = np.zeros((len(rows), *first.shape[1:]), dtype=first.dtype)
+            for shard, part in zip(shards, parts, strict=True):
+                merged[key][shard] = part[key]
+        identities = np.array([r[0] for r in rows])
+        files = np.array([str(r[1].relative_to(ds.root)) for r in rows])
+        arrays: dict[str, Any] = {k: merged[k] for k in ("found", "box", "score", "yunet", "dlib5")}
+        np.savez(cache_file(cache, ds.name, "faces"), identity=identities, image=files, **arrays)
+        for m in todo:
+            np.savez(cache_file(cache, ds.name, m), o=merged[f"{m}_o"], m=merged[f"{m}_m"])
+        found = merged["found"].mean()
+        print(f"{ds.name}: {len(rows)} images, faces found in {found:.1%}, {time.perf_counter() - started:.0f} s")
+
+
+# --- views: an embedder, its mirror augmentation, fusions ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Faces:
+    """Every photo of the shared data under one view: identity (N,) str, split (N,) str, found (N,) bool,
+    x float32 (N, D) unit rows (zero where no face was found)."""
+
+    identity: np.ndarray
+    split: np.ndarray
+    found: np.ndarray
+    x: np.ndarray
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+
+
+def load_view(cache: Path, view: str) -> Faces:
+    """A view such as ``sface``, ``dlib:flip`` (mirror-image augmentation) or ``dlib:flip+sface`` (fusion:
+    the normalised vectors concatenated and scaled by 1/sqrt(k), so that a cosine is the mean of the k cosines)."""
+    identities, found, parts = [], [], []
+    for ds in DATASETS:
+        faces_file = cache_file(cache, ds.name, "faces")
+        if not faces_file.exists():
+            continue
+        meta = np.load(faces_file)
+        comps = []
+        for comp in view.split("+"):
+            model, _, option = comp.partition(":")
+            vectors = np.load(cache_file(cache, ds.name, model))
+            comps.append(_unit(vectors["o"] + vectors["m"]) if option == "flip" else vectors["o"])
+        identities.append(np.array([SAME_PERSON.get(str(i), str(i)) for i in meta["identity"]]))
+        found.append(meta["found"])
+        parts.append(np.concatenate(comps, axis=1) / np.sqrt(len(comps)))
+    identity = np.concatenate(identities)
+    return Faces(
+        identity=identity,
+        split=np.array([split_of(str(i)) for i in identity]),
+        found=np.concatenate(found),
+        x=np.concatenate(parts).astype(np.float32),
+    )
+
+
+# --- library: galleries of every size -------------------------------------------------------------------
+
+FPIRS = (1e-1, 1e-2, 1e-3)
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """Enrolled photos (row indices into `Faces`) with their identity numbers, and the probes."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    mated: np.ndarray
+    mated_labels: np.ndarray
+
+
+def _by_identity(faces: Faces, split: str) -> tuple[list[str], dict[str, list[int]]]:
+    rows: dict[str, list[int]] = {}
+    for i, (ident, sp) in enumerate(zip(faces.identity, faces.split, strict=True)):
+        if sp == split:
+            rows.setdefault(str(ident), []).append(i)
+    names = [n for n, r in rows.items() if faces.found[r].any()]
+    return names, rows
+
+
+PHOTOS_PER_STRANGER = 5
+
+
+def probe_photos(faces: Faces, names: Sequence[str], rows: dict[str, list[int]]) -> np.ndarray:
+    """Rows of up to `PHOTOS_PER_STRANGER` photos (with a face) of each person: the strangers, and the photos of the
+    1:1 impostor table. The cap keeps a few people with hundreds of photos (LFW's George W. Bush has 530) from
+    being most of the strangers, whose best scores would then rise and fall together."""
+    return np.array([r for n in names for r in [r for r in rows[n] if faces.found[r]][:PHOTOS_PER_STRANGER]])
+
+
+def make_gallery(
+    faces: Faces, names: Sequence[str], rows: dict[str, list[int]], *, photos: int, max_mated: int = 10
+) -> Gallery:
+    """Enrol each person's first ``photos`` photos that have a face; up to ``max_mated`` later photos are probes."""
+    g_rows, g_labels, m_rows, m_labels = [], [], [], []
+    for label, name in enumerate(names):
+        with_face = [r for r in rows[name] if faces.found[r]]
+        enrol = with_face[:photos] if len(with_face) > photos else with_face[:1]
+        g_rows += enrol
+        g_labels += [label] * len(enrol)
+        rest = [r for r in rows[name] if r not in enrol][:max_mated]
+        m_rows += rest
+        m_labels += [label] * len(rest)
+    return Gallery(np.array(g_rows), np.array(g_labels), np.array(m_rows, dtype=int), np.array(m_labels, dtype=int))
+
+
+def search(gallery_x: np.ndarray, labels: np.ndarray, probes: np.ndarray, k: int) -> list[list[Any]]:
+    """Identity-level top-k through facedb's own `index.gallery.GalleryIndex` (exact FAISS search)."""
+    from index.gallery import GalleryIndex  # noqa: PLC0415
+
+    index = GalleryIndex(gallery_x.shape[1])
+    index.add(np.arange(len(labels)), labels, gallery_x)
+    return index.search(probes, k)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Per mated probe: rank of its mate (0 = first, -1 = not in the top 5 or no face) and top score;
+    per stranger: the best score of any other person (-1 where no face was found)."""
+
+    mate_rank: np.ndarray
+    mate_top: np.ndarray
+    stranger: np.ndarray
+
+
+def run_gallery(faces: Faces, gallery: Gallery, strangers: np.ndarray, stranger_labels: np.ndarray) -> Outcome:
+    """Search mated probes and strangers (a stranger never scores against its own identity's photos)."""
+    gx = faces.x[gallery.rows]
+    found = faces.found[gallery.mated]
+    hits = search(gx, gallery.labels, faces.x[gallery.mated[found]], 5) if found.any() else []
+    ranks = np.full(len(gallery.mated), -1)
+    tops = np.full(len(gallery.mated), -1.0)
+    for j, row in zip(np.flatnonzero(found), hits, strict=True):
+        ids = [h.identity_id for h in row]
+        ranks[j] = ids.index(gallery.mated_labels[j]) if gallery.mated_labels[j] in ids else -1
+        tops[j] = row[0].score
+    s_hits = search(gx, gallery.labels, faces.x[strangers], 2)
+    best = np.array(
+        [
+            next((h.score for h in row if h.identity_id != own), -1.0)
+            for row, own in zip(s_hits, stranger_labels, strict=True)
+        ]
+    )
+    return Outcome(ranks, tops, best)
+
+
+def fnir_at(outcome: Outcome, threshold: float) -> float:
+    """Mated searches whose mate is not first with a score >= threshold."""
+    ok = (outcome.mate_rank == 0) & (outcome.mate_top >= threshold)
+    return float(1.0 - ok.mean())
+
+
+def fpir_at(outcome: Outcome, threshold: float) -> float:
+    return float((outcome.stranger >= threshold).mean())
+
+
+def threshold_for(stranger: np.ndarray, fpir: float) -> float:
+    """The lowest threshold with at most ``fpir`` of the strangers at or above it."""
+    s = np.sort(stranger)[::-1]
+    n_allowed = int(np.floor(fpir * len(s)))
+    return float(np.nextafter(s[n_allowed], np.float32(2.0))) if n_allowed < len(s) else float(s[-1])
+
+
+# --- calibration (calibration split only) --------------------------------------------------------------
+
+CAL_SIZES = (30, 100, 300, 1000)
+K_FPIRS = (1e-2, 3e-3)
+TABLE_FARS = tuple(10.0 ** (-e / 2) for e in range(2, 21))  # 1e-1, 3.2e-2, ... 1e-10
+
+
+def impostor_scores(x: np.ndarray, identity: np.ndarray) -> np.ndarray:
+    """Every different-person pair's score among the rows of ``x`` float32 (N, D): float32 (P,)."""
+    codes = np.unique(identity, return_inverse=True)[1]
+    out = []
+    for start in range(0, len(x), 1024):
+        block = x[start : start + 1024] @ x.T
+        rows = np.arange(start, min(start + 1024, len(x)))
+        upper = np.arange(len(x))[None, :] > rows[:, None]
+        out.append(block[upper & (codes[rows][:, None] != codes[None, :])])
+    return np.concatenate(out)
+
+
+def far_table(impostors: np.ndarray, *, min_pairs: int = 50) -> tuple[dict[str, float], float]:
+    """1:1 thresholds by FAR from impostor scores: measured where at least ``min_pairs`` pairs lie above, then the
+    exponential tail (threshold linear in log10 FAR) fitted on the last measured decade and a half."""
+    s = np.sort(impostors)[::-1]
+    measured = [far for far in TABLE_FARS if far * len(s) >= min_pairs]
+    table = {f"{far:.1e}": float(s[int(far * len(s)) - 1]) for far in measured}
+    logs = np.log10(measured[-4:])
+    slope, intercept = np.polyfit(logs, [table[f"{f:.1e}"] for f in measured[-4:]], 1)
+    for far in TABLE_FARS[len(measured) :]:
+        table[f"{far:.1e}"] = float(intercept + slope * np.log10(far))
+    return table, measured[-1]
+
+
+def fit_open_set(faces: Faces, *, seed: int = 0, repeats: int = 5) -> Any:
+    """`embedding.openset.OpenSetCalibration` from the calibration split: the 1:1 table from every different-person
+    pair of its photos (up to `PHOTOS_PER_STRANGER` per person), k from single-photo galleries of `CAL_SIZES` people.
+
+    Galleries hold at most half of the split's people, so that most strangers are people who are not enrolled, as at
+    a door: with everyone enrolled, every stranger is a left-out photo of an enrolled person, and the people filed
+    under two names (or sharing a photo) in the data would all meet their double in the gallery."""
+    from embedding.openset import OpenSetCalibration  # noqa: PLC0415
+
+    names, rows = _by_identity(faces, "calibration")
+    photos = probe_photos(faces, names, rows)
+    impostors = impostor_scores(faces.x[photos], faces.identity[photos])
+    table, measured = far_table(impostors)
+    base = OpenSetCalibration(far_thresholds=table, comparisons_per_face={"1": 1.0}, measured_far=measured)
+    rng = np.random.default_rng(seed)
+    per_size: dict[str, float] = {}
+    for size in [s for s in CAL_SIZES if s <= 0.5 * len(names)]:
+        estimates = []
+        for _ in range(repeats):
+            chosen = [names[i] for i in rng.choice(len(names), size=size, replace=False)]
+            gallery = make_gallery(faces, chosen, rows, photos=1)
+            label = {n: i for i, n in enumerate(chosen)}
+            strangers_labels = np.array([label.get(str(faces.identity[r]), -1) for r in photos])
+            outcome = run_gallery(faces, gallery, photos, strangers_labels)
+            for fpir in K_FPIRS:
+                far = base.fpir(1, threshold_for(outcome.stranger, fpir))  # one face, k = 1: the 1:1 FAR
+                estimates.append(math.log(-math.log1p(-fpir) / (len(gallery.rows) * -math.log1p(-far))))
+        per_size[str(size)] = round(math.exp(float(np.mean(estimates))), 4)
+    return OpenSetCalibration(
+        far_thresholds=table,
+        comparisons_per_face=per_size,
+        measured_far=measured,
+        source=f"benchmarks/open_set.py calibration split: {len(names)} LFW people (folds 1-9, name hash 0 mod 3), "
+        f"{len(photos)} photos, {impostors.size} different-person pairs",
+    )
+
+
+# --- evaluation (evaluation split) -----------------------------------------------------------------------
+
+SIZES = (100, 300, 1000, 3000)
+
+
+def gallery_row(faces: Faces, gallery: Gallery, outcome: Outcome, cal: Any, targets: Sequence[float]) -> dict[str, Any]:
+    """The figures of one gallery: ranks, FNIR at each FPIR (threshold set on these strangers), and the
+    calibrated decision (threshold from the calibration split alone) at each target FPIR."""
+    row: dict[str, Any] = {
+        "identities": len(set(gallery.labels.tolist())),
+        "faces": len(gallery.rows),
+        "mated_probes": len(gallery.mated),
+        "strangers": len(outcome.stranger),
+        "rank1": float((outcome.mate_rank == 0).mean()),
+        "rank5": float((outcome.mate_rank >= 0).mean()),
+        "fnir_at_fpir": {},
+        "calibrated": {},
+    }
+    for fpir in FPIRS:
+        t = threshold_for(outcome.stranger, fpir)
+        row["fnir_at_fpir"][f"{fpir:g}"] = {"threshold": round(t, 4), "fnir": round(fnir_at(outcome, t), 4)}
+    for target in targets:
+        t = cal.threshold(len(gallery.rows), target)
+        row["calibrated"][f"{target:g}"] = {
+            "threshold": round(t, 4),
+            "fpir": round(fpir_at(outcome, t), 5),
+            "fnir": round(fnir_at(outcome, t), 4),
+        }
+    return row
+
+
+def enrolment_run(
+    faces: Faces, cal: Any, *, split: str | None, conflict_fpir: float, mismatch_far: float, photos: int = 1
+) -> dict[str, Any]:
+    """Enrol every person in data-set order, each with up to ``photos`` photos (one fewer where that leaves none to
+    hold out), with the service's checks: a photo is refused as a conflict when another person's face scores at or
+    above the 1:N conflict threshold for the faces enrolled so far, and as a mismatch when it scores below the 1:1
+    mismatch threshold against its own person's faces. Then each person's next photo is enrolled under a new id:
+    caught when the check names that person. Also a stranger's photo added to a person: accepted when it passes."""
+    people: dict[str, list[int]] = {}
+    for i, (name, sp) in enumerate(zip(faces.identity, faces.split, strict=True)):
+        if (split is None or sp == split) and faces.found[i]:
+            people.setdefault(str(name), []).append(i)
+    rows, labels, held = [], [], {}
+    for label, found in enumerate(people.values()):
+        m = min(photos, max(len(found) - 1, 1))
+        rows += found[:m]
+        labels += [label] * m
+        if len(found) > m:
+            held[label] = found[m]
+    x, lab = faces.x[rows], np.array(labels)
+    accepted = np.zeros(len(rows), dtype=bool)
+    conflict = np.zeros(len(rows), dtype=bool)
+    mismatch = np.zeros(len(rows), dtype=bool)
+    t_mismatch = cal.threshold_at_far(mismatch_far)
+    refusals = []
+    for start in range(0, len(rows), 512):
+        block = x[start : start + 512] @ x.T
+        for r in range(block.shape[0]):
+            i = start + r
+            prior = accepted[:i]
+            others = prior & (lab[:i] != lab[i])
+            if others.any():
+                scores = np.where(others, block[r, :i], -2.0)
+                j = int(np.argmax(scores))
+                if scores[j] >= cal.threshold(int(prior.sum()), conflict_fpir):
+                    conflict[i] = True
+                    refusals.append(
+                        (str(faces.identity[rows[i]]), str(faces.identity[rows[j]]), round(float(scores[j]), 4))
+                    )
+                    continue
+            own = prior & (lab[:i] == lab[i])
+            if own.any() and block[r, :i][own].max() < t_mismatch:
+                mismatch[i] = True
+                continue
+            accepted[i] = True
+    enrolled = np.unique(lab[accepted])
+    t_conflict = cal.threshold(int(accepted.sum()), conflict_fpir)
+    tried = [k for k in held if k in set(enrolled.tolist())]
+    hits = search(x[accepted], lab[accepted], faces.x[[held[k] for k in tried]], 1)
+    caught = [h[0].identity_id == k and h[0].score >= t_conflict for k, h in zip(tried, hits, strict=True)]
+    wrong = [h[0].identity_id != k and h[0].score >= t_conflict for k, h in zip(tried, hits, strict=True)]
+    firsts = np.array([rows[int(np.flatnonzero(lab == k)[0])] for k in enrolled])
+    shuffled = np.random.default_rng(1).permutation(len(firsts))
+    impostor = np.einsum("ij,ij->i", faces.x[firsts], faces.x[firsts[shuffled]])[shuffled != np.arange(len(firsts))]
+    person_refused = {int(lab[i]) for i in np.flatnonzero(conflict)}
+    return {
+        "people": len(people),
+        "photos_per_person": photos,
+        "photos": len(rows),
+        "conflict_fpir": conflict_fpir,
+        "people_refused_as_conflicts": len(person_refused),
+        "refusal_rate": round(len(person_refused) / len(people), 5),
+        "photos_refused_as_conflicts": int(conflict.sum()),
+        "photos_refused_as_mismatch": int(mismatch.sum()),
+        "refusals": refusals[:60],
+        "conflict_threshold_at_end": round(t_conflict, 4),
+        "reenrolled": len(tried),
+        "reenrol_caught": round(float(np.mean(caught)), 4),
+        "reenrol_named_someone_else": round(float(np.mean(wrong)), 4),
+        "mismatch_far": mismatch_far,
+        "mismatch_threshold": round(t_mismatch, 4),
+        "stranger_added_accepted": round(float((impostor >= t_mismatch).mean()), 4),
+    }
+
+
+def evaluate_view(
+    faces: Faces, cal: Any, *, sizes: Sequence[int], targets: Sequence[float], seed: int = 0
+) -> dict[str, Any]:
+    """Every gallery size (and the whole evaluation split) with one and with several photos per person."""
+    names, rows = _by_identity(faces, "evaluation")
+    strangers = probe_photos(faces, names, rows)
+    out: dict[str, Any] = {"galleries": []}
+    for photos in (1, 3):
+        for size in [s for s in sizes if s < len(names)] + [len(names)]:
+            rng = np.random.default_rng(seed + size)
+            chosen = [names[i] for i in sorted(rng.choice(len(names), size=size, replace=False))]
+            gallery = make_gallery(faces, chosen, rows, photos=photos)
+            label = {n: i for i, n in enumerate(chosen)}
+            outcome = run_gallery(
+                faces, gallery, strangers, np.array([label.get(str(faces.identity[r]), -1) for r in strangers])
+            )
+            out["galleries"].append({"photos_per_person": photos, **gallery_row(faces, gallery, outcome, cal, targets)})
+    return out
+
+
+VIEWS = (
+    "dlib:flip",
+    "compact:flip",
+    "sface_yunet",
+    "sface",
+    "sface:flip",
+    "dlib:flip+sface",
+    "dlib:flip+sface_yunet",
+    "sface+sface_yunet",
+)
+
+
+def library(
+    cache: Path,
+    *,
+    views: Sequence[str],
+    sizes: Sequence[int],
+    targets: Sequence[float],
+    conflict_fpir: float,
+    mismatch_far: float,
+) -> dict[str, Any]:
+    """Calibrate on the calibration split and measure on the evaluation split, for each view."""
+    results: dict[str, Any] = {}
+    for view in views:
+        started = time.perf_counter()
+        faces = load_view(cache, view)
+        cal = fit_open_set(faces)
+        result = {
+            "calibration": cal.model_dump(),
+            **evaluate_view(faces, cal, sizes=sizes, targets=targets),
+            "enrol_all_data": enrolment_run(
+                faces, cal, split=None, conflict_fpir=conflict_fpir, mismatch_far=mismatch_far
+            ),
+            "enrol_all_data_3_photos": enrolment_run(
+                faces, cal, split=None, conflict_fpir=conflict_fpir, mismatch_far=mismatch_far, photos=3
+            ),
+            "failure_to_acquire": round(float(1 - faces.found.mean()), 4),
+        }
+        results[view] = result
+        print_view(view, result, time.perf_counter() - started)
+    return results
+
+
+def print_view(view: str, result: dict[str, Any], seconds: float) -> None:
+    print(f"== {view}  (k by size {result['calibration']['comparisons_per_face']}, {seconds:.0f} s)")
+    for g in result["galleries"]:
+        fn = " ".join(f"{k}:{v['fnir']:.3f}@{v['threshold']:.3f}" for k, v in g["fnir_at_fpir"].items())
+        cal = " ".join(f"{k}:fpir {v['fpir']:.4f} fnir {v['fnir']:.3f}" for k, v in g["calibrated"].items())
+        head = f"  {g['photos_per_person']}ph N={g['identities']:5d} r1 {g['rank1']:.3f} r5 {g['rank5']:.3f}"
+        print(f"{head} | FNIR {fn} | calibrated {cal}")
+    for key in ("enrol_all_data", "enrol_all_data_3_photos"):
+        e = result[key]
+        print(
+            f"  {key}: {e['people']} people, refused {e['people_refused_as_conflicts']} ({e['refusal_rate']:.4f}), "
+            f"re-enrol caught {e['reenrol_caught']:.3f} (wrong {e['reenrol_named_someone_else']:.3f}); "
+            f"mismatch refusals {e['photos_refused_as_mismatch']}/{e['photos']} photos, "
+            f"stranger accepted {e['stranger_added_accepted']:.3f}"
+        )
+
+
+def genuine_scores(faces: Faces, split: str) -> np.ndarray:
+    """Every same-person pair's score among the photos (with a face) of one split."""
+    names, rows = _by_identity(faces, split)
+    out = []
+    for n in names:
+        x = faces.x[[r for r in rows[n] if faces.found[r]]]
+        if len(x) > 1:
+            out.append((x @ x.T)[np.triu_indices(len(x), 1)])
+    return np.concatenate(out)
+
+
+def write_card(
+    model: Path, view: str, cache: Path, *, default_far: float, targets: Sequence[float], baseline: str | None
+) -> Any:
+    """Calibrate a model file's card on the calibration split: 1:1 thresholds (verify) at the measured FARs, the 1:N
+    calibration (identify, enrolment checks), and the evaluation split's 1:N table for the record."""
+    from embedding.card import ModelCard  # noqa: PLC0415
+    from embedding.embedder import read_card  # noqa: PLC0415
+
+    faces = load_view(cache, view)
+    cal = fit_open_set(faces)
+    genuine = genuine_scores(faces, "calibration")
+    fars = [f for f in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5) if f >= cal.measured_far]
+    thresholds = {f"{far:.0e}".replace("e-0", "e-"): round(cal.threshold_at_far(far), 4) for far in fars}
+    per_far = {
+        label: {"threshold": t, "tar": round(float((genuine >= t).mean()), 4)} for label, t in thresholds.items()
+    }
+    evaluation = evaluate_view(faces, cal, sizes=SIZES, targets=targets)
+    baseline_rows: list[dict[str, Any]] = []
+    if baseline is not None:
+        base_faces = load_view(cache, baseline)
+        baseline_rows = evaluate_view(base_faces, fit_open_set(base_faces), sizes=SIZES, targets=targets)["galleries"]
+    card = read_card(model)
+    default_label = f"{default_far:.0e}".replace("e-0", "e-")
+    updated = ModelCard.model_validate(
+        {
+            **card.model_dump(mode="json"),
+            "thresholds": thresholds,
+            "default_threshold": thresholds[default_label],
+            "default_threshold_far": default_far,
+            "open_set": cal.model_dump(mode="json"),
+            "metrics": {
+                **card.metrics,
+                "calibration": {
+                    "data": cal.source,
+                    "genuine_pairs": int(genuine.size),
+                    "per_far": per_far,
+                    "by": f"python -m benchmarks.open_set calibrate {model.name} --view {view}",
+                },
+                "open_set_evaluation": {
+                    "data": "benchmarks/open_set.py evaluation split: LFW folds 1-9 people with name hash not 0 mod 3, "
+                    "CelebA subset, AT&T, Extended Yale B, Yale A; strangers leave-one-out",
+                    "galleries": evaluation["galleries"],
+                    "baseline": {"view": baseline, "galleries": baseline_rows} if baseline else None,
+                },
+            },
+            "notes": f"Verify: threshold {thresholds[default_label]} at FAR {default_label} (TAR "
+            f"{per_far[default_label]['tar']} on the calibration split). Identify: thresholds set per gallery size "
+            "for a target FPIR from `open_set` (embedding/openset.py).",
+        }
+    )
+    if model.suffix.lower() == ".onnx":
+        from embedding.onnx_embedder import load_onnx_model, write_onnx_card  # noqa: PLC0415
+
+        write_onnx_card(load_onnx_model(model), updated, model)
+    else:
+        from embedding.checkpoint import replace_card  # noqa: PLC0415
+
+        replace_card(model, model, updated)
+    return updated
+
+
+# --- http: one gallery through a running server ---------------------------------------------------------
+
+
+def _evaluation_people(seed: int) -> list[tuple[str, list[Path]]]:
+    """(qualified name, photos) of every evaluation-split person, shuffled with ``seed``."""
+    people: dict[str, list[Path]] = {}
+    for ds in DATASETS:
+        if ds.root.is_dir():
+            for name, path in list_images(ds):
+                ident = SAME_PERSON.get(name, name)
+                if split_of(ident) == "evaluation":
+                    people.setdefault(ident, []).append(path)
+    names = sorted(people)
+    order = np.random.default_rng(seed).permutation(len(names))
+    return [(names[i], people[names[i]]) for i in order]
+
+
+def http(model: Path | None, size: int, strangers: int, reenrol: int, seed: int = 0) -> dict[str, Any]:
+    """Enrol ``size`` people (first photo each, default settings), identify up to two later photos of each and one
+    photo of ``strangers`` people not enrolled, then enrol ``reenrol`` of them again under new ids."""
+    import httpx  # noqa: PLC0415
+
+    from benchmarks.identify_latency import running_server  # noqa: PLC0415
+    from service.db import migrate  # noqa: PLC0415
+    from service.db.engine import Database  # noqa: PLC0415
+
+    people = _evaluation_people(seed)
+    gallery, outsiders = people[:size], people[size : size + strangers]
+    with tempfile.TemporaryDirectory(prefix="facedb-open-set-") as tmp_s:
+        tmp = Path(tmp_s)
+        env = {"FACEDB_DATA_DIR": str(tmp / "data"), "FACEDB_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}"}
+        if model is not None:
+            env["FACEDB_MODEL_PATH"] = str(model)
+        db = Database(env["FACEDB_DATABASE_URL"])
+        migrate.upgrade(db.engine)
+        db.dispose()
+        base = "/v1/galleries/default"
+        with (
+            running_server(os.environ | env, tmp / "server.log", 180) as (url, _),
+            httpx.Client(base_url=url + base, timeout=120, trust_env=False) as c,
+        ):
+
+            def post_photo(path: str, photo: Path) -> httpx.Response:
+                return c.post(path, files={"image": (photo.name, photo.read_bytes())})
+
+            refused: dict[str, int] = {}
+            conflicts: list[dict[str, Any]] = []
+            enrolled: dict[str, tuple[int, Path]] = {}
+            for name, photos in gallery:
+                ident = c.post("/identities", json={"external_id": name}).json()["id"]
+                r = post_photo(f"/identities/{ident}/faces", photos[0])
+                if r.status_code == 201:
+                    enrolled[name] = (ident, photos[0])
+                    continue
+                for rej in r.json()["error"].get("details", {}).get("rejected", []):
+                    refused[rej["code"]] = refused.get(rej["code"], 0) + 1
+                    if rej["code"] == "identity_conflict":
+                        conflicts.append({"person": name, "matched": rej["other_identity"], "score": rej["score"]})
+            mated: list[tuple[bool, float, bool]] = []  # (top is right, top score, matched right)
+            stranger: list[tuple[float, bool]] = []  # (top score, matched anyone)
+            last: dict[str, Any] = {}
+            for name, photos in gallery:
+                if name not in enrolled:
+                    continue
+                for photo in photos[1:3]:
+                    last = post_photo("/identify", photo).json()
+                    top = last["candidates"][0] if last["candidates"] else None
+                    right = top is not None and top["identity"]["id"] == enrolled[name][0]
+                    match = last["match"]
+                    mated.append((right, top["score"] if top else -1.0, match is not None and right))
+            for _, photos in outsiders:
+                body = post_photo("/identify", photos[0]).json()
+                top = body["candidates"][0] if body["candidates"] else None
+                stranger.append((top["score"] if top else -1.0, body["match"] is not None))
+            caught = tried = 0
+            for name, photos in gallery:
+                if tried == reenrol:
+                    break
+                if name not in enrolled or len(photos) < 2:
+                    continue
+                tried += 1
+                ident = c.post("/identities", json={"external_id": name + "#again"}).json()["id"]
+                r = post_photo(f"/identities/{ident}/faces", photos[1])
+                rejected = r.json()["error"]["details"]["rejected"] if r.status_code == 422 else []
+                caught += any(
+                    x["code"] == "identity_conflict" and x["other_identity"] == enrolled[name][0] for x in rejected
+                )
+    s_scores = np.array([s for s, _ in stranger])
+    outcome = Outcome(
+        mate_rank=np.array([0 if right else -1 for right, _, _ in mated]),
+        mate_top=np.array([score for _, score, _ in mated]),
+        stranger=s_scores,
+    )
+    return {
+        "people": size,
+        "enrolled": len(enrolled),
+        "refused": refused,
+        "refusal_rate_conflict": round(refused.get("identity_conflict", 0) / size, 4),
+        "conflicts": conflicts[:20],
+        "mated_probes": len(mated),
+        "strangers": len(stranger),
+        "rank1": round(float(np.mean([m[0] for m in mated])), 4),
+        "default_decision": {
+            "threshold": last.get("threshold"),
+            "threshold_source": last.get("threshold_source"),
+            "target_fpir": last.get("target_fpir"),
+            "gallery_faces": last.get("gallery_faces"),
+            "fpir": round(float(np.mean([m for _, m in stranger])), 4),
+            "fnir": round(1 - float(np.mean([m[2] for m in mated])), 4),
+        },
+        "fnir_at_fpir": {
+            f"{f:g}": round(fnir_at(outcome, threshold_for(s_scores, f)), 4) for f in FPIRS if f * len(s_scores) >= 1
+        },
+        "reenrolled": tried,
+        "reenrol_caught": round(caught / max(tried, 1), 4),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("embed", help="detect and embed every photo of the shared data (cached)")
+    p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--models", nargs="+", default=[s.name for s in EMBEDDERS])
+    p.add_argument("--datasets", nargs="+", default=[d.name for d in DATASETS])
+    p = sub.add_parser("library", help="every gallery size, from the cached embeddings")
+    p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument("--views", nargs="+", default=list(VIEWS))
+    p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
+    p.add_argument("--targets", nargs="+", type=float, default=[1e-2, 1e-3])
+    p.add_argument("--conflict-fpir", type=float, default=1.5e-3)
+    p.add_argument("--mismatch-far", type=float, default=1e-2)
+    p.add_argument("--json", type=Path)
+    p = sub.add_parser("http", help="one gallery through a running server (HTTP API, default settings)")
+    p.add_argument("--model", type=Path, help="model file (default: the service's default model)")
+    p.add_argument("--size", type=int, default=1000)
+    p.add_argument("--strangers", type=int, default=1000)
+    p.add_argument("--reenrol", type=int, default=300)
+    p.add_argument("--json", type=Path)
+    p = sub.add_parser("calibrate", help="write a model's thresholds and 1:N calibration into its card")
+    p.add_argument("model", type=Path)
+    p.add_argument("--view", required=True, help="the view the model is served as, e.g. sface or dlib:flip")
+    p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument("--default-far", type=float, default=1e-3)
+    p.add_argument("--baseline", default="dlib:flip", help="a view measured beside it for the card")
+    p.add_argument("--targets", nargs="+", type=float, default=[1e-2, 1e-3])
+    args = parser.parse_args(argv)
+    if not DATA.is_dir():
+        sys.exit(f"the shared data is absent ({DATA}); nothing to measure")
+    if args.command == "embed":
+        embed(args.cache, workers=args.workers, models=args.models, datasets=args.datasets)
+    elif args.command == "library":
+        results = library(
+            args.cache,
+            views=args.views,
+            sizes=args.sizes,
+            targets=args.targets,
+            conflict_fpir=args.conflict_fpir,
+            mismatch_far=args.mismatch_far,
+        )
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+    elif args.command == "http":
+        result = http(args.model, args.size, args.strangers, args.reenrol)
+        print(json.dumps({k: v for k, v in result.items() if k != "conflicts"}, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+    elif args.command == "calibrate":
+        card = write_card(
+            args.model,
+            args.view,
+            args.cache,
+            default_far=args.default_far,
+            targets=args.targets,
+            baseline=args.baseline,
+        )
+        print(f"wrote {args.model}: {card.name}@{card.version}, thresholds {card.thresholds}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Write ``embedding/models/sface.onnx``: SFace's pinned int8 weights with a facedb card (uncalibrated).
+
+    python -m scripts.build_sface [--out embedding/models/sface.onnx]
+    python -m scripts.build_sface --render-only      # writes embedding/models/sface.md from the card alone
+
+The graph is `embedding.sface.sface_graph` (weights unchanged, runnable by any onnxruntime); the card says how
+faces are prepared (`embedding.sface.SFACE_INPUT`), where the weights come from, and what is not known about
+their training data. Thresholds are then measured by `facedb calibrate` and the 1:N table by
+`python -m benchmarks.open_set calibrate` (both printed in the card's notes).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from embedding.card import ModelCard
+from embedding.embedder import read_card
+from embedding.onnx_embedder import graph_sha256, write_onnx_card
+from embedding.onnx_quant import ZOO_PACKAGE
+from embedding.sface import SFACE_FILE, SFACE_INPUT, SFACE_SHA256, sface_graph
+
+REPO = Path(__file__).resolve().parent.parent
+
+TRAINING = {
+    "source": f"{ZOO_PACKAGE} {SFACE_FILE} (sha256 {SFACE_SHA256}), the OpenCV model zoo's "
+    "face_recognition_sface_2021dec int8 file",
+    "licence": "Apache-2.0 (OpenCV model zoo); commercial use allowed",
+    "paper": "Zhong et al., SFace: Sigmoid-Constrained Hypersphere Loss for Robust Face Recognition, IEEE TIP 2021",
+    "architecture": "MobileFaceNet, 128-d output",
+    "data": "not stated by the model zoo (the paper trains on CASIA-WebFace, VGGFace2 or MS1MV2); overlap of its "
+    "training people with LFW or CelebA people cannot be ruled out, so LFW and CelebA figures may be optimistic",
+}
+
+
+def build(out: Path) -> ModelCard:
+    """Write the uncalibrated model and return its card."""
+    model = sface_graph()
+    card = ModelCard(
+        name="sface",
+        version=graph_sha256(model)[:12],
+        arch="onnx",
+        arch_params={"input": "data", "output": "fc1", "source": SFACE_FILE},
+        embedding_dim=128,
+        input=SFACE_INPUT,
+        training=TRAINING,
+        metrics={},
+        thresholds={},
+        default_threshold=1.0,
+        default_threshold_far=0.0,
+        notes="UNCALIBRATED: run `facedb calibrate` before serving this model.",
+    )
+    write_onnx_card(model, card, out)
+    return card
+
+
+def _gallery_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| photos per person | people | faces | rank-1 | rank-5 | FNIR at FPIR 1e-1 / 1e-2 / 1e-3 (threshold) "
+        "| calibrated at 1e-2: threshold, FPIR, FNIR |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for g in rows:
+        fnir = " / ".join(f"{v['fnir']:.3f} ({v['threshold']:.3f})" for v in g["fnir_at_fpir"].values())
+        c = g["calibrated"]["0.01"]
+        lines.append(
+            f"| {g['photos_per_person']} | {g['identities']} | {g['faces']} | {g['rank1']:.3f} | {g['rank5']:.3f} "
+            f"| {fnir} | {c['threshold']:.3f}, {c['fpir']:.4f}, {c['fnir']:.3f} |"
+        )
+    return lines
+
+
+def render(card: ModelCard) -> str:
+    """The model card as Markdown, every number from the card."""
+    cal = card.metrics.get("calibration", {})
+    ev = card.metrics.get("open_set_evaluation", {})
+    open_set = card.open_set
+    lines = [
+        f"# Model card: {card.name}@{card.version}",
+        "",
+        "The default embedder of facedb: SFace, a MobileFaceNet (128-d) trained with the sigmoid-constrained",
+        "hypersphere loss, from OpenCV's model zoo. Written by `python -m scripts.build_sface`, calibrated by",
+        f"`{cal.get('by', 'python -m benchmarks.open_set calibrate')}`.",
+        "",
+        "## Source and licence",
+        "",
+        *[f"- **{k}**: {v}" for k, v in card.training.items()],
+        "",
+        "## Input",
+        "",
+        f"{card.input.height}x{card.input.width} RGB, values 0-255 (the graph centres them), aligned to the "
+        f"`{card.input.face_template}` five-point template with `{card.input.landmarks}` landmarks; "
+        f"mirror-image augmentation {'on' if card.input.flip else 'off'}.",
+        "",
+        "## Verify (1:1) thresholds",
+        "",
+        f"Measured on {cal.get('data', '?')}; TAR over its {cal.get('genuine_pairs', '?')} same-person pairs.",
+        "",
+        "| FAR | threshold | TAR |",
+        "|---|---|---|",
+        *[f"| {k} | {v['threshold']:.4f} | {v['tar']:.4f} |" for k, v in cal.get("per_far", {}).items()],
+        "",
+        f"Default: {card.default_threshold:.4f} at FAR {card.default_threshold_far:g}.",
+        "",
+    ]
+    if open_set is not None:
+        lines += [
+            "## Identify (1:N) thresholds",
+            "",
+            "Identify sets its threshold for a target FPIR at the gallery's current size (embedding/openset.py):",
+            "FPIR(N, t) = 1 - (1 - F(t))^(k N), with F the 1:1 impostor tail below and k the effective comparisons",
+            "per gallery face, measured on galleries of several sizes of the calibration split.",
+            "",
+            f"k by gallery size: {open_set.comparisons_per_face}. 1:1 table measured down to FAR "
+            f"{open_set.measured_far:g}, extrapolated below along its exponential tail.",
+            "",
+        ]
+    if ev:
+        lines += [
+            "## Open-set identification (evaluation split)",
+            "",
+            f"{ev['data']}. Strangers: up to 5 photos of each person, searched against the gallery without their "
+            "own photos. Calibrated thresholds come from the calibration split alone.",
+            "",
+            *_gallery_table(ev["galleries"]),
+            "",
+        ]
+        if ev.get("baseline"):
+            lines += [
+                f"Baseline in the same run: `{ev['baseline']['view']}` (dlib's ResNet, the previous default).",
+                "",
+            ]
+            lines += [*_gallery_table(ev["baseline"]["galleries"]), ""]
+    lines += ["## Notes", "", card.notes, ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "embedding/models/sface.onnx")
+    parser.add_argument("--render-only", action="store_true", help="only write the .md card beside the model")
+    args = parser.parse_args()
+    if not args.render_only:
+        card = build(args.out)
+        print(f"wrote {args.out} ({card.name}@{card.version}, uncalibrated)")
+    card = read_card(args.out)
+    args.out.with_suffix(".md").write_text(render(card))
+    print(f"wrote {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

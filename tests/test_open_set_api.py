@@ -1,0 +1,106 @@
+"""Open-set decisions through the HTTP API with real faces: 1:N thresholds that follow the gallery's size, the
+conflict check (near-certain duplicates only, atomic) and the mismatch check, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.conftest import ATT, att_image, require_data
+
+G = "/v1/galleries/default"
+
+
+def _photo(s: int, i: int) -> tuple[str, tuple[str, bytes, str]]:
+    return ("image", (f"s{s}_{i}.pgm", att_image(s, i).read_bytes(), "image/x-portable-graymap"))
+
+
+def _person(client: TestClient, external_id: str) -> int:
+    r = client.post(f"{G}/identities", json={"external_id": external_id})
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+def _enrol(client: TestClient, identity: int, *photos: tuple[str, Any], **form: str) -> Any:
+    return client.post(f"{G}/identities/{identity}/faces", files=list(photos), data=form)
+
+
+def _identify(client: TestClient, s: int, i: int, **form: str) -> dict[str, Any]:
+    r = client.post(f"{G}/identify", files=[_photo(s, i)], data=form)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_identify_threshold_follows_the_gallery_size(client: TestClient) -> None:
+    require_data(ATT)
+    ids = {s: _person(client, f"s{s}") for s in range(1, 7)}
+    assert _enrol(client, ids[1], _photo(1, 1)).status_code == 201
+    one = _identify(client, 1, 2)
+    assert one["threshold_source"] == "calibrated"
+    assert one["gallery_faces"] == 1
+    assert one["target_fpir"] == client.app.state.settings.target_fpir  # type: ignore[attr-defined]
+    assert one["match"] is not None and one["match"]["identity"]["id"] == ids[1]
+    for s in range(2, 7):
+        assert _enrol(client, ids[s], _photo(s, 1), _photo(s, 2)).status_code == 201
+    many = _identify(client, 1, 2)
+    assert many["gallery_faces"] == 11
+    assert many["threshold"] > one["threshold"]
+    assert many["match"] is not None and many["match"]["identity"]["id"] == ids[1]
+    fixed = _identify(client, 1, 2, threshold="0.99")
+    assert fixed["threshold_source"] == "request" and fixed["threshold"] == 0.99 and fixed["match"] is None
+    # verify stays 1:1 at the card's default, whatever the gallery's size
+    r = client.post(f"{G}/verify", files=[_photo(1, 3)], data={"identity_id": str(ids[1])})
+    assert r.status_code == 200, r.text
+    card_default = client.app.state.runtime.service.active.default_threshold  # type: ignore[attr-defined]
+    assert r.json()["threshold"] == card_default and r.json()["match"] is True
+
+
+def test_conflict_names_the_other_identity_and_mismatch_guards_an_identity(client: TestClient) -> None:
+    require_data(ATT)
+    a, b = _person(client, "a"), _person(client, "b")
+    assert _enrol(client, a, _photo(1, 1)).status_code == 201
+    # the same person again under another id: refused, naming the first identity and the score
+    r = _enrol(client, b, _photo(1, 2))
+    assert r.status_code == 422, r.text
+    [refusal] = r.json()["error"]["details"]["rejected"]
+    assert refusal["code"] == "identity_conflict"
+    assert refusal["other_identity"] == a and refusal["score"] >= refusal["threshold"]
+    assert str(a) in refusal["message"]
+    # someone else's face added to a: refused unless overridden; a different person is no conflict for b
+    r = _enrol(client, a, _photo(2, 1))
+    assert r.status_code == 422, r.text
+    [refusal] = r.json()["error"]["details"]["rejected"]
+    assert refusal["code"] == "face_mismatch" and refusal["score"] < refusal["threshold"]
+    assert _enrol(client, b, _photo(2, 1)).status_code == 201
+    assert _enrol(client, a, _photo(3, 1), allow_mismatch="true").status_code == 201
+    # more photos of the right person are accepted
+    r = _enrol(client, a, _photo(1, 3), _photo(1, 4))
+    assert r.status_code == 201 and len(r.json()["accepted"]) == 2
+
+
+def test_concurrent_enrolments_of_one_face_cannot_both_pass(client: TestClient) -> None:
+    require_data(ATT)
+    for trial in range(3):
+        people = [_person(client, f"t{trial}-{n}") for n in range(4)]
+        photo = _photo(10 + trial, 1)
+        barrier = threading.Barrier(len(people))
+        codes: list[int] = []
+
+        def enrol(
+            identity: int,
+            photo: tuple[str, Any] = photo,
+            barrier: threading.Barrier = barrier,
+            codes: list[int] = codes,
+        ) -> None:
+            barrier.wait()
+            codes.append(_enrol(client, identity, photo).status_code)
+
+        threads = [threading.Thread(target=enrol, args=(p,)) for p in people]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(codes) == [201, 422, 422, 422], codes
