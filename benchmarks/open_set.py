@@ -329,11 +329,14 @@ def make_gallery(
     return Gallery(np.array(g_rows), np.array(g_labels), np.array(m_rows, dtype=int), np.array(m_labels, dtype=int))
 
 
-def search(gallery_x: np.ndarray, labels: np.ndarray, probes: np.ndarray, k: int) -> list[list[Any]]:
-    """Identity-level top-k through facedb's own `index.gallery.GalleryIndex` (exact FAISS search)."""
+def search(
+    gallery_x: np.ndarray, labels: np.ndarray, probes: np.ndarray, k: int, scoring: str = "best"
+) -> list[list[Any]]:
+    """Identity-level top-k through facedb's own `index.gallery.GalleryIndex` (exact FAISS search); ``scoring``:
+    an identity scores by its best face or by the normalised mean of its faces (`FACEDB_IDENTITY_SCORE`)."""
     from index.gallery import GalleryIndex  # noqa: PLC0415
 
-    index = GalleryIndex(gallery_x.shape[1])
+    index = GalleryIndex(gallery_x.shape[1], identity_score="mean" if scoring == "mean" else "best")
     index.add(np.arange(len(labels)), labels, gallery_x)
     return index.search(probes, k)
 
@@ -348,18 +351,20 @@ class Outcome:
     stranger: np.ndarray
 
 
-def run_gallery(faces: Faces, gallery: Gallery, strangers: np.ndarray, stranger_labels: np.ndarray) -> Outcome:
+def run_gallery(
+    faces: Faces, gallery: Gallery, strangers: np.ndarray, stranger_labels: np.ndarray, scoring: str = "best"
+) -> Outcome:
     """Search mated probes and strangers (a stranger never scores against its own identity's photos)."""
     gx = faces.x[gallery.rows]
     found = faces.found[gallery.mated]
-    hits = search(gx, gallery.labels, faces.x[gallery.mated[found]], 5) if found.any() else []
+    hits = search(gx, gallery.labels, faces.x[gallery.mated[found]], 5, scoring) if found.any() else []
     ranks = np.full(len(gallery.mated), -1)
     tops = np.full(len(gallery.mated), -1.0)
     for j, row in zip(np.flatnonzero(found), hits, strict=True):
         ids = [h.identity_id for h in row]
         ranks[j] = ids.index(gallery.mated_labels[j]) if gallery.mated_labels[j] in ids else -1
         tops[j] = row[0].score
-    s_hits = search(gx, gallery.labels, faces.x[strangers], 2)
+    s_hits = search(gx, gallery.labels, faces.x[strangers], 2, scoring)
     best = np.array(
         [
             next((h.score for h in row if h.identity_id != own), -1.0)
@@ -460,7 +465,7 @@ def fit_open_set(faces: Faces, *, seed: int = 0, repeats: int = 5) -> Any:
 SIZES = (100, 300, 1000, 3000)
 
 
-def gallery_row(faces: Faces, gallery: Gallery, outcome: Outcome, cal: Any, targets: Sequence[float]) -> dict[str, Any]:
+def gallery_row(gallery: Gallery, outcome: Outcome, cal: Any, targets: Sequence[float], scoring: str) -> dict[str, Any]:
     """The figures of one gallery: ranks, FNIR at each FPIR (threshold set on these strangers), and the
     calibrated decision (threshold from the calibration split alone) at each target FPIR."""
     row: dict[str, Any] = {
@@ -477,7 +482,8 @@ def gallery_row(faces: Faces, gallery: Gallery, outcome: Outcome, cal: Any, targ
         t = threshold_for(outcome.stranger, fpir)
         row["fnir_at_fpir"][f"{fpir:g}"] = {"threshold": round(t, 4), "fnir": round(fnir_at(outcome, t), 4)}
     for target in targets:
-        t = cal.threshold(len(gallery.rows), target)
+        compared = row["identities"] if scoring == "mean" else row["faces"]  # what the service calibrates with
+        t = cal.threshold(compared, target)
         row["calibrated"][f"{target:g}"] = {
             "threshold": round(t, 4),
             "fpir": round(fpir_at(outcome, t), 5),
@@ -487,7 +493,13 @@ def gallery_row(faces: Faces, gallery: Gallery, outcome: Outcome, cal: Any, targ
 
 
 def enrolment_run(
-    faces: Faces, cal: Any, *, split: str | None, conflict_fpir: float, mismatch_far: float, photos: int = 1
+    faces: Faces,
+    cal: Any,
+    *,
+    split: str | None,
+    conflict_fpir: float,
+    mismatch_far: float,
+    photos: int = 1,
 ) -> dict[str, Any]:
     """Enrol every person in data-set order, each with up to ``photos`` photos (one fewer where that leaves none to
     hold out), with the service's checks: a photo is refused as a conflict when another person's face scores at or
@@ -564,20 +576,21 @@ def enrolment_run(
 def evaluate_view(
     faces: Faces, cal: Any, *, sizes: Sequence[int], targets: Sequence[float], seed: int = 0
 ) -> dict[str, Any]:
-    """Every gallery size (and the whole evaluation split) with one and with several photos per person."""
+    """Every gallery size (and the whole evaluation split) with one photo per person, and with several scored by the
+    best face and by the mean of the faces."""
     names, rows = _by_identity(faces, "evaluation")
     strangers = probe_photos(faces, names, rows)
     out: dict[str, Any] = {"galleries": []}
-    for photos in (1, 3):
+    for photos, scoring in ((1, "best"), (3, "best"), (3, "mean")):
         for size in [s for s in sizes if s < len(names)] + [len(names)]:
             rng = np.random.default_rng(seed + size)
             chosen = [names[i] for i in sorted(rng.choice(len(names), size=size, replace=False))]
             gallery = make_gallery(faces, chosen, rows, photos=photos)
             label = {n: i for i, n in enumerate(chosen)}
-            outcome = run_gallery(
-                faces, gallery, strangers, np.array([label.get(str(faces.identity[r]), -1) for r in strangers])
-            )
-            out["galleries"].append({"photos_per_person": photos, **gallery_row(faces, gallery, outcome, cal, targets)})
+            labels = np.array([label.get(str(faces.identity[r]), -1) for r in strangers])
+            outcome = run_gallery(faces, gallery, strangers, labels, scoring)
+            row = gallery_row(gallery, outcome, cal, targets, scoring)
+            out["galleries"].append({"photos_per_person": photos, "identity_score": scoring, **row})
     return out
 
 
@@ -629,7 +642,7 @@ def print_view(view: str, result: dict[str, Any], seconds: float) -> None:
     for g in result["galleries"]:
         fn = " ".join(f"{k}:{v['fnir']:.3f}@{v['threshold']:.3f}" for k, v in g["fnir_at_fpir"].items())
         cal = " ".join(f"{k}:fpir {v['fpir']:.4f} fnir {v['fnir']:.3f}" for k, v in g["calibrated"].items())
-        head = f"  {g['photos_per_person']}ph N={g['identities']:5d} r1 {g['rank1']:.3f} r5 {g['rank5']:.3f}"
+        head = f"  {g['photos_per_person']}ph {g['identity_score']} N={g['identities']:5d} r1 {g['rank1']:.3f}"
         print(f"{head} | FNIR {fn} | calibrated {cal}")
     for key in ("enrol_all_data", "enrol_all_data_3_photos"):
         e = result[key]
@@ -731,8 +744,9 @@ def _evaluation_people(seed: int) -> list[tuple[str, list[Path]]]:
 
 
 def http(model: Path | None, size: int, strangers: int, reenrol: int, seed: int = 0) -> dict[str, Any]:
-    """Enrol ``size`` people (first photo each, default settings), identify up to two later photos of each and one
-    photo of ``strangers`` people not enrolled, then enrol ``reenrol`` of them again under new ids."""
+    """Enrol ``size`` people (each with their first photo that passes the quality gates, default settings), identify
+    up to two later photos of each and one photo of ``strangers`` people not enrolled, then enrol ``reenrol`` of them
+    again under new ids with a later photo that passes the gates (caught: refused as a conflict naming them)."""
     import httpx  # noqa: PLC0415
 
     from benchmarks.identify_latency import running_server  # noqa: PLC0415
@@ -760,27 +774,36 @@ def http(model: Path | None, size: int, strangers: int, reenrol: int, seed: int 
 
             refused: dict[str, int] = {}
             conflicts: list[dict[str, Any]] = []
-            enrolled: dict[str, tuple[int, Path]] = {}
+            enrolled: dict[str, tuple[int, int]] = {}  # person -> (identity id, index of the enrolled photo)
+            refused_people = 0
             for name, photos in gallery:
                 ident = c.post("/identities", json={"external_id": name}).json()["id"]
-                r = post_photo(f"/identities/{ident}/faces", photos[0])
-                if r.status_code == 201:
-                    enrolled[name] = (ident, photos[0])
-                    continue
-                for rej in r.json()["error"].get("details", {}).get("rejected", []):
-                    refused[rej["code"]] = refused.get(rej["code"], 0) + 1
-                    if rej["code"] == "identity_conflict":
-                        conflicts.append({"person": name, "matched": rej["other_identity"], "score": rej["score"]})
+                codes = []
+                for k, photo in enumerate(photos):  # the first photo that passes the quality gates
+                    r = post_photo(f"/identities/{ident}/faces", photo)
+                    if r.status_code == 201:
+                        enrolled[name] = (ident, k)
+                        break
+                    rejected = r.json()["error"].get("details", {}).get("rejected", [])
+                    codes = [x["code"] for x in rejected]
+                    for rej in rejected:
+                        refused[rej["code"]] = refused.get(rej["code"], 0) + 1
+                        if rej["code"] == "identity_conflict":
+                            conflicts.append({"person": name, "matched": rej["other_identity"], "score": rej["score"]})
+                    if "identity_conflict" in codes:
+                        break
+                refused_people += "identity_conflict" in codes
             mated: list[tuple[bool, float, bool]] = []  # (top is right, top score, matched right)
             stranger: list[tuple[float, bool]] = []  # (top score, matched anyone)
             last: dict[str, Any] = {}
             for name, photos in gallery:
                 if name not in enrolled:
                     continue
-                for photo in photos[1:3]:
+                ident, k = enrolled[name]
+                for photo in photos[k + 1 : k + 3]:
                     last = post_photo("/identify", photo).json()
                     top = last["candidates"][0] if last["candidates"] else None
-                    right = top is not None and top["identity"]["id"] == enrolled[name][0]
+                    right = top is not None and top["identity"]["id"] == ident
                     match = last["match"]
                     mated.append((right, top["score"] if top else -1.0, match is not None and right))
             for _, photos in outsiders:
@@ -791,15 +814,19 @@ def http(model: Path | None, size: int, strangers: int, reenrol: int, seed: int 
             for name, photos in gallery:
                 if tried == reenrol:
                     break
-                if name not in enrolled or len(photos) < 2:
+                if name not in enrolled or len(photos) <= enrolled[name][1] + 1:
                     continue
-                tried += 1
                 ident = c.post("/identities", json={"external_id": name + "#again"}).json()["id"]
-                r = post_photo(f"/identities/{ident}/faces", photos[1])
-                rejected = r.json()["error"]["details"]["rejected"] if r.status_code == 422 else []
-                caught += any(
-                    x["code"] == "identity_conflict" and x["other_identity"] == enrolled[name][0] for x in rejected
-                )
+                for photo in photos[enrolled[name][1] + 1 :]:  # a later photo that passes the quality gates
+                    r = post_photo(f"/identities/{ident}/faces", photo)
+                    rejected = r.json()["error"]["details"]["rejected"] if r.status_code == 422 else []
+                    if r.status_code == 201 or any(x["code"] == "identity_conflict" for x in rejected):
+                        tried += 1
+                        caught += any(
+                            x["code"] == "identity_conflict" and x["other_identity"] == enrolled[name][0]
+                            for x in rejected
+                        )
+                        break
     s_scores = np.array([s for s, _ in stranger])
     outcome = Outcome(
         mate_rank=np.array([0 if right else -1 for right, _, _ in mated]),
@@ -810,7 +837,8 @@ def http(model: Path | None, size: int, strangers: int, reenrol: int, seed: int 
         "people": size,
         "enrolled": len(enrolled),
         "refused": refused,
-        "refusal_rate_conflict": round(refused.get("identity_conflict", 0) / size, 4),
+        "people_refused_as_conflicts": refused_people,
+        "refusal_rate_conflict": round(refused_people / size, 4),
         "conflicts": conflicts[:20],
         "mated_probes": len(mated),
         "strangers": len(stranger),
@@ -819,7 +847,7 @@ def http(model: Path | None, size: int, strangers: int, reenrol: int, seed: int 
             "threshold": last.get("threshold"),
             "threshold_source": last.get("threshold_source"),
             "target_fpir": last.get("target_fpir"),
-            "gallery_faces": last.get("gallery_faces"),
+            "gallery_size": last.get("gallery_size"),
             "fpir": round(float(np.mean([m for _, m in stranger])), 4),
             "fnir": round(1 - float(np.mean([m[2] for m in mated])), 4),
         },
@@ -849,6 +877,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--json", type=Path)
     p = sub.add_parser("http", help="one gallery through a running server (HTTP API, default settings)")
     p.add_argument("--model", type=Path, help="model file (default: the service's default model)")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=REPO / "embedding/models/dlib_resnet.pt",
+        help="a model measured the same way after it, in its own fresh server ('none' to skip)",
+    )
     p.add_argument("--size", type=int, default=1000)
     p.add_argument("--strangers", type=int, default=1000)
     p.add_argument("--reenrol", type=int, default=300)
@@ -877,10 +911,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     elif args.command == "http":
-        result = http(args.model, args.size, args.strangers, args.reenrol)
-        print(json.dumps({k: v for k, v in result.items() if k != "conflicts"}, indent=1))
+        runs = {"model": args.model} | ({"baseline": args.baseline} if str(args.baseline) != "none" else {})
+        results = {}
+        for key, model in runs.items():
+            results[key] = http(model, args.size, args.strangers, args.reenrol)
+            shown = {k: v for k, v in results[key].items() if k != "conflicts"}
+            print(json.dumps({key: str(model or "default"), **shown}, indent=1))
         if args.json:
-            args.json.write_text(json.dumps(result, indent=1))
+            args.json.write_text(json.dumps(results, indent=1))
     elif args.command == "calibrate":
         card = write_card(
             args.model,

@@ -25,7 +25,7 @@ from index.base import (
 from index.brute_force import BruteForceIndex
 from index.faiss_index import FaissIndex
 
-__all__ = ["FORMAT_VERSION", "GalleryIndex", "Hit"]
+__all__ = ["FORMAT_VERSION", "GalleryIndex", "Hit", "IdentityScore"]
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
@@ -33,6 +33,9 @@ FACES_FILE = "faces.npy"
 MANIFEST_FILE = "manifest.json"
 
 Backend = Literal["faiss", "numpy"]
+IdentityScore = Literal["best", "mean"]
+"""How an identity with several faces scores against a query: its best face ("best"), or the normalised mean of its
+faces ("mean": one vector per identity, searched in an index of its own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,18 +60,40 @@ def _make_index(dim: int, backend: Backend, use_gpu: bool | None) -> VectorIndex
 class GalleryIndex:
     """Faces keyed by face id (int64 >= 0), each belonging to an identity (int64 >= 0).
 
+    ``identity_score="mean"`` also keeps, per identity, the sum of its face vectors (float64) and an index of their
+    normalised means keyed by identity id, updated with every change; searches then rank identities by that mean
+    (derived state: snapshots hold only the faces, and `load` rebuilds it).
+
     Thread safety: every public method takes one re-entrant lock, so concurrent searches and
     mutations are safe but serialised (FAISS still parallelises a batched search internally).
     """
 
-    def __init__(self, dim: int, *, backend: Backend = "faiss", use_gpu: bool | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        backend: Backend = "faiss",
+        use_gpu: bool | None = None,
+        identity_score: IdentityScore = "best",
+    ) -> None:
+        if identity_score not in ("best", "mean"):
+            raise ValueError(f"identity_score must be 'best' or 'mean', got {identity_score!r}")
         self._lock = threading.RLock()
         self._save_lock = threading.Lock()
         self._backend: Backend = backend
+        self._use_gpu = use_gpu
         self._index: VectorIndex = _make_index(dim, backend, use_gpu)
         # Face ids ascending, with each face's identity at the same position.
         self._faces: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
         self._idents: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
+        self._identity_score: IdentityScore = identity_score
+        self._sums: dict[int, npt.NDArray[np.float64]] = {}
+        self._means: VectorIndex | None = _make_index(dim, backend, use_gpu) if identity_score == "mean" else None
+
+    @property
+    def identity_score(self) -> IdentityScore:
+        """How identities with several faces are scored."""
+        return self._identity_score
 
     @property
     def dim(self) -> int:
@@ -90,7 +115,14 @@ class GalleryIndex:
     def n_identities(self) -> int:
         """Number of distinct identities with at least one face."""
         with self._lock:
+            if self._means is not None:
+                return len(self._sums)
             return int(np.unique(self._idents).size)
+
+    @property
+    def n_compared(self) -> int:
+        """How many vectors a query is compared with: identities ("mean") or faces ("best")."""
+        return self.n_identities if self._means is not None else self.ntotal
 
     def face_ids(self) -> npt.NDArray[np.int64]:
         """All face ids, int64 (ntotal,), ascending."""
@@ -126,28 +158,56 @@ class GalleryIndex:
             order = np.argsort(faces, kind="stable")
             self._faces = faces[order]
             self._idents = np.concatenate([self._idents, iids])[order]
+            if self._means is not None:
+                self._update_means(iids, self._index.reconstruct(fids), sign=1.0)
 
     def remove_faces(self, face_ids: npt.ArrayLike) -> int:
         """Remove faces by id (N,); returns how many were removed (unknown ids ignored)."""
         fids = as_ids(face_ids, name="face_ids", allow_negative=True)
         with self._lock:
+            if self._means is not None:
+                _, found = sorted_lookup(self._faces, fids)
+                present = np.unique(fids[found])
+                gone_idents = self.identities_of(present)
+                gone_vectors = self._index.reconstruct(present)
             removed = self._index.remove(fids)
             keep = ~np.isin(self._faces, fids)
             self._faces = self._faces[keep]
             self._idents = self._idents[keep]
             if self._faces.size != self._index.ntotal:
                 raise IndexCorruptError("face map and vector index disagree after remove")
+            if self._means is not None:
+                self._update_means(gone_idents, gone_vectors, sign=-1.0)
             return removed
+
+    def _update_means(self, idents: npt.NDArray[np.int64], x: npt.NDArray[np.float32], *, sign: float) -> None:
+        """Add (sign 1) or subtract (-1) face vectors from their identities' sums and re-index those means."""
+        assert self._means is not None
+        touched, inverse = np.unique(idents, return_inverse=True)
+        delta = np.zeros((touched.size, self.dim))
+        np.add.at(delta, inverse, sign * x.astype(np.float64))
+        for ident, row in zip(touched.tolist(), delta, strict=True):
+            self._sums[ident] = self._sums.get(ident, 0.0) + row
+        self._means.remove(touched)
+        alive = np.isin(touched, self._idents)
+        for ident in touched[~alive].tolist():
+            self._sums.pop(ident, None)
+        keep = touched[alive]
+        if keep.size:
+            sums = np.stack([self._sums[i] for i in keep.tolist()])
+            norms = np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+            self._means.add(keep, (sums / norms).astype(np.float32))
 
     def remove_identity(self, identity_id: int) -> int:
         """Remove all faces of one identity; returns how many faces were removed."""
         with self._lock:
             return self.remove_faces(self._faces[self._idents == identity_id])
 
-    def search(self, xq: npt.ArrayLike, k: int) -> list[list[Hit]]:
+    def search(self, xq: npt.ArrayLike, k: int, *, by: IdentityScore | None = None) -> list[list[Hit]]:
         """Up to k distinct identities per query xq float32 (M, dim), best first.
 
-        An identity's score is the best score among its faces, and `Hit.face_id` is that face.
+        An identity's score is the best score among its faces (or, with ``identity_score="mean"`` unless ``by`` is
+        "best", the score of the normalised mean of its faces), and `Hit.face_id` is its best face for the query.
         Order among exactly tied identities is unspecified.
         """
         k = check_k(k)
@@ -158,6 +218,8 @@ class GalleryIndex:
             n = self._index.ntotal
             if n == 0 or m == 0:
                 return results
+            if self._means is not None and by != "best":
+                return self._search_means(q, k)
             pending = np.arange(m)
             fetch = min(n, k * 4)
             # The faces fetched are a prefix of the global face ranking, so the first occurrence
@@ -181,6 +243,24 @@ class GalleryIndex:
                 pending = np.asarray(still, dtype=np.intp)
                 fetch = min(n, fetch * 2)
             return results
+
+    def _search_means(self, q: npt.NDArray[np.float32], k: int) -> list[list[Hit]]:
+        """Top-k identities by their mean face; each hit names the identity's best face for that query."""
+        assert self._means is not None
+        scores, ids = self._means.search(q, min(k, self._means.ntotal))
+        results: list[list[Hit]] = []
+        for row, (s_row, i_row) in enumerate(zip(scores, ids, strict=True)):
+            valid = i_row >= 0
+            members = np.isin(self._idents, i_row[valid])
+            face_ids, owners = self._faces[members], self._idents[members]
+            face_scores = self._index.reconstruct(face_ids) @ q[row]
+            hits = []
+            for ident, score in zip(i_row[valid].tolist(), s_row[valid].tolist(), strict=True):
+                own = owners == ident
+                best = int(face_ids[own][int(np.argmax(face_scores[own]))])
+                hits.append(Hit(int(ident), best, float(score)))
+            results.append(hits)
+        return results
 
     def save(self, directory: Path, *, meta: dict[str, Any]) -> None:
         """Write index.faiss, faces.npy (int64 (N, 2): face_id, identity_id), then manifest.json.
@@ -219,7 +299,12 @@ class GalleryIndex:
 
     @classmethod
     def load(
-        cls, directory: Path, *, backend: Backend = "faiss", use_gpu: bool | None = None
+        cls,
+        directory: Path,
+        *,
+        backend: Backend = "faiss",
+        use_gpu: bool | None = None,
+        identity_score: IdentityScore = "best",
     ) -> tuple[GalleryIndex, dict[str, Any]]:
         """Read a directory written by `save`; returns (index, meta).
 
@@ -247,12 +332,14 @@ class GalleryIndex:
             raise IndexCorruptError("negative identity id in face table")
         if int(np.unique(ident_ids).size) != manifest["n_identities"]:
             raise IndexCorruptError("identity count differs from manifest")
-        out = cls(dim, backend=backend, use_gpu=use_gpu)
+        out = cls(dim, backend=backend, use_gpu=use_gpu, identity_score=identity_score)
         if backend == "faiss":
             out._index = index
         else:
             out._index.add(face_ids, index.reconstruct(face_ids))
         out._faces, out._idents = face_ids, ident_ids
+        if out._means is not None and face_ids.size:
+            out._update_means(ident_ids, out._index.reconstruct(face_ids), sign=1.0)
         meta: dict[str, Any] = manifest["meta"]
         return out, meta
 

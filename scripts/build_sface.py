@@ -57,15 +57,16 @@ def build(out: Path) -> ModelCard:
 
 def _gallery_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| photos per person | people | faces | rank-1 | rank-5 | FNIR at FPIR 1e-1 / 1e-2 / 1e-3 (threshold) "
-        "| calibrated at 1e-2: threshold, FPIR, FNIR |",
-        "|---|---|---|---|---|---|---|",
+        "| photos per person | identity score | people | faces | rank-1 | rank-5 "
+        "| FNIR at FPIR 1e-1 / 1e-2 / 1e-3 (threshold) | calibrated at 1e-2: threshold, FPIR, FNIR |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for g in rows:
         fnir = " / ".join(f"{v['fnir']:.3f} ({v['threshold']:.3f})" for v in g["fnir_at_fpir"].values())
         c = g["calibrated"]["0.01"]
         lines.append(
-            f"| {g['photos_per_person']} | {g['identities']} | {g['faces']} | {g['rank1']:.3f} | {g['rank5']:.3f} "
+            f"| {g['photos_per_person']} | {g.get('identity_score', 'best')} | {g['identities']} | {g['faces']} "
+            f"| {g['rank1']:.3f} | {g['rank5']:.3f} "
             f"| {fnir} | {c['threshold']:.3f}, {c['fpir']:.4f}, {c['fnir']:.3f} |"
         )
     return lines

@@ -82,12 +82,13 @@ class Screen:
 @dataclass(frozen=True)
 class Decision:
     """The threshold a decision used and where it came from: "request", "setting" (FACEDB_THRESHOLD),
-    "calibrated" (1:N at ``target_fpir`` for ``gallery_faces``) or "model" (the card's 1:1 default)."""
+    "calibrated" (1:N at ``target_fpir`` for ``gallery_size`` identities or faces) or "model" (the card's 1:1
+    default)."""
 
     threshold: float
     source: Literal["request", "setting", "calibrated", "model"]
     target_fpir: float | None = None
-    gallery_faces: int | None = None
+    gallery_size: int | None = None
 
 
 class FaceService:
@@ -196,6 +197,7 @@ class FaceService:
             dim=info.dim,
             snapshot_dir=self.settings.resolved_index_dir / info.checksum[:16],
             backend=self.settings.index_backend,
+            identity_score=self.settings.identity_score,
             backfill=lambda face_ids: self.backfill_templates(info.id, embedder, face_ids),
         )
         indexes.start()
@@ -510,15 +512,15 @@ class FaceService:
         screen: Screen,
         rejected: list[schemas.RejectedFile],
     ) -> list[int]:
-        """Positions of the faces that pass: not another identity's (``identity_conflict``: the best other identity
-        scores at or above the 1:N conflict threshold) and, where the identity already has faces (or an earlier face
-        of this request was kept), like them (else ``face_mismatch``: the best of its faces scores below the 1:1
-        mismatch threshold)."""
+        """Positions of the faces that pass: not another identity's (``identity_conflict``: the best face of another
+        identity scores at or above the 1:N conflict threshold) and, where the identity already has faces (or an
+        earlier face of this request was kept), like them (else ``face_mismatch``: the best of its faces scores below
+        the 1:1 mismatch threshold)."""
         hits: list[list[Hit]] = [[] for _ in kept]
         refs: dict[int, Identity] = {}
         t_conflict = self._conflict_threshold(serving, identity.gallery_id)
         if screen.conflict:
-            hits = serving.indexes.search(identity.gallery_id, x, 2)
+            hits = serving.indexes.search(identity.gallery_id, x, 2, by="best")
             others = sorted({h.identity_id for row in hits for h in row if h.identity_id != identity.id})
             refs = crud.identity_refs(session, identity_ids=others)
         t_mismatch = self._mismatch_threshold(serving)
@@ -598,7 +600,7 @@ class FaceService:
             threshold=t,
             threshold_source=decision.source,
             target_fpir=decision.target_fpir,
-            gallery_faces=decision.gallery_faces,
+            gallery_size=decision.gallery_size,
             candidates=first.candidates if first else [],
             match=first.match if first else None,
             faces=results,
@@ -730,15 +732,17 @@ class FaceService:
             return Decision(self.settings.threshold, "setting")
         if serving.open_set is None:
             return Decision(serving.model.default_threshold, "model")
-        n = serving.indexes.gallery_faces(gallery_id)
+        n = serving.indexes.gallery_size(gallery_id)
         fpir = self.settings.target_fpir
-        return Decision(serving.open_set.threshold(n, fpir), "calibrated", target_fpir=fpir, gallery_faces=n)
+        return Decision(serving.open_set.threshold(n, fpir), "calibrated", target_fpir=fpir, gallery_size=n)
 
     def _conflict_threshold(self, serving: Serving, gallery_id: int) -> float:
-        """Enrolment's bar for "this face is another identity": 1:N at FACEDB_CONFLICT_FPIR for the gallery's size."""
+        """Enrolment's bar for "this face is another identity's face": 1:N at FACEDB_CONFLICT_FPIR against every
+        face of the gallery (the check compares faces, not identities' means)."""
         if serving.open_set is None:
             return serving.model.default_threshold
-        return serving.open_set.threshold(serving.indexes.gallery_faces(gallery_id), self.settings.conflict_fpir)
+        faces = serving.indexes.gallery_size(gallery_id, by="best")
+        return serving.open_set.threshold(faces, self.settings.conflict_fpir)
 
     def _mismatch_threshold(self, serving: Serving) -> float:
         """Enrolment's bar for "this face is the identity it is added to": 1:1 at FACEDB_MISMATCH_FAR."""

@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 
 from index import GalleryIndex, Hit, IndexCorruptError
+from index.gallery import IdentityScore
 from service.db import crud
 from service.db.engine import Database
 from service.db.models import Change, ChangeKind
@@ -52,6 +53,7 @@ class IndexManager:
         dim: int,
         snapshot_dir: Path | None,
         backend: Literal["faiss", "numpy"] = "faiss",
+        identity_score: IdentityScore = "best",
         backfill: Callable[[Sequence[int]], int] | None = None,
     ) -> None:
         """``backfill(face_ids)`` computes and stores missing templates of this model version from the stored
@@ -63,6 +65,7 @@ class IndexManager:
         self._dim = dim
         self._snapshot_dir = snapshot_dir
         self._backend = backend
+        self._identity_score: IdentityScore = identity_score
         self._indexes: dict[int, GalleryIndex] = {}
         self._applied_seq = 0
         # Serialises catch-up and snapshotting; searches only take the per-index lock.
@@ -105,7 +108,7 @@ class IndexManager:
         if path is None or not (path / "manifest.json").exists():
             return None
         try:
-            index, meta = GalleryIndex.load(path)
+            index, meta = GalleryIndex.load(path, identity_score=self._identity_score)
         except IndexCorruptError as exc:
             log.warning(
                 "index snapshot for gallery %d is unusable (%s); rebuilding from the database",
@@ -126,7 +129,7 @@ class IndexManager:
 
     def _rebuild(self, gallery_id: int) -> GalleryIndex:
         self._backfill_gallery(gallery_id)
-        index = GalleryIndex(self._dim, backend=self._backend)
+        index = GalleryIndex(self._dim, backend=self._backend, identity_score=self._identity_score)
         with self._db.read() as session:
             for face_ids, identity_ids, x in crud.iter_gallery_embeddings(
                 session, gallery_id=gallery_id, model_version_id=self._model_version_id
@@ -228,24 +231,30 @@ class IndexManager:
     def _add(self, gallery_id: int, face_ids: np.ndarray, identity_ids: np.ndarray, x: np.ndarray) -> None:
         index = self._indexes.get(gallery_id)
         if index is None:
-            index = self._indexes[gallery_id] = GalleryIndex(self._dim, backend=self._backend)
+            index = self._indexes[gallery_id] = GalleryIndex(
+                self._dim, backend=self._backend, identity_score=self._identity_score
+            )
         new = ~index.contains(face_ids)
         if new.any():
             index.add(face_ids[new], identity_ids[new], x[new])
 
     # --- search ---------------------------------------------------------------------------------------
 
-    def gallery_faces(self, gallery_id: int) -> int:
-        """Faces in one gallery's index (0 for a gallery with none)."""
+    def gallery_size(self, gallery_id: int, *, by: IdentityScore | None = None) -> int:
+        """What a query in one gallery is compared with: identities (``identity_score="mean"``, unless ``by`` is
+        "best") or faces."""
         index = self._indexes.get(gallery_id)
-        return 0 if index is None else index.ntotal
+        if index is None:
+            return 0
+        return index.ntotal if by == "best" else index.n_compared
 
-    def search(self, gallery_id: int, xq: np.ndarray, k: int) -> list[list[Hit]]:
-        """Top-k distinct identities per query row of ``xq`` (float32 (M, D)); [] for an empty gallery."""
+    def search(self, gallery_id: int, xq: np.ndarray, k: int, *, by: IdentityScore | None = None) -> list[list[Hit]]:
+        """Top-k distinct identities per query row of ``xq`` (float32 (M, D)); [] for an empty gallery. ``by="best"``
+        ranks identities by their best face whatever the configured identity score."""
         index = self._indexes.get(gallery_id)
         if index is None or index.ntotal == 0:
             return [[] for _ in range(len(xq))]
-        return index.search(xq, k)
+        return index.search(xq, k, by=by)
 
     # --- snapshots ------------------------------------------------------------------------------------
 

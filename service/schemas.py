@@ -135,13 +135,16 @@ class IdentifyPublic(BaseModel):
     threshold: float = Field(description="`match` means the top candidate's score is >= this.")
     threshold_source: Literal["request", "setting", "calibrated", "model"] = Field(
         description="request: the request's `threshold`; setting: FACEDB_THRESHOLD; calibrated: set for "
-        "`target_fpir` against `gallery_faces` faces from the model card's 1:N calibration; model: the card's 1:1 "
+        "`target_fpir` against `gallery_size` from the model card's 1:N calibration; model: the card's 1:1 "
         "default (a card without calibration)."
     )
     target_fpir: float | None = Field(
         description="The share of people not enrolled that may get a match (calibrated thresholds only)."
     )
-    gallery_faces: int | None = Field(description="Faces enrolled in the gallery when the threshold was set.")
+    gallery_size: int | None = Field(
+        description="What the probe was compared with when the threshold was set: the gallery's identities "
+        "(FACEDB_IDENTITY_SCORE=mean, the default) or faces (best)."
+    )
     candidates: list[Candidate] = Field(description="The largest face's candidates: distinct identities, best first.")
     match: Candidate | None = Field(description="The largest face's decision: its top candidate if >= threshold.")
     faces: list[FaceResult] = Field(description="One result per detected face, largest first (max_faces).")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, image_bytes
+from tests.conftest import ATT, REPO, image_bytes, require_data
 
 
 def facedb(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -58,12 +58,12 @@ def test_cli_flow(cli_env: dict[str, str], tmp_path: Path) -> None:
 
     people = tmp_path / "people"
     make_people(people, 3, 2)
-    out = facedb("enroll", str(people), "--no-detect", "--allow-conflict", env=cli_env)
+    out = facedb("enroll", str(people), "--no-detect", "--allow-conflict", "--allow-mismatch", env=cli_env)
     assert "3 identities, 6 faces accepted, 1 rejected (unsupported_image: 1)" in out.stdout
     assert "person1/broken.jpg: unsupported_image" in out.stderr
 
     # enrolling again: every image is a duplicate, nothing is added
-    out = facedb("enroll", str(people), "--no-detect", "--allow-conflict", env=cli_env)
+    out = facedb("enroll", str(people), "--no-detect", "--allow-conflict", "--allow-mismatch", env=cli_env)
     assert "0 faces accepted, 7 rejected" in out.stdout
 
     out = facedb("identify", str(people / "person2" / "1.png"), "--top-k", "2", "--no-detect", env=cli_env)
@@ -88,3 +88,15 @@ def test_cli_flow(cli_env: dict[str, str], tmp_path: Path) -> None:
 
     out = facedb("identify", str(people / "person2" / "1.png"), "--gallery", "nope", env=cli_env, check=False)
     assert "[gallery_not_found]" in out.stderr
+
+
+def test_readme_att_example_enrols_every_person_without_conflicts(cli_env: dict[str, str]) -> None:
+    """`facedb enroll ../shared/data/att_faces` with default settings: 40 people, none taken for another."""
+    att = require_data(ATT)
+    facedb("db", "upgrade", env=cli_env)
+    out = facedb("enroll", str(att), env=cli_env)
+    assert "identity_conflict" not in out.stdout + out.stderr
+    assert "face_mismatch" not in out.stdout + out.stderr
+    summary = out.stdout.strip().splitlines()[-1]
+    accepted = int(summary.split(" faces accepted")[0].split()[-1])
+    assert summary.startswith("40 identities") and accepted >= 390, summary

@@ -322,6 +322,49 @@ def test_gallery_matches_brute_force(backend: Any) -> None:
         assert not any(h.identity_id in set(victims.tolist()) for hits in got for h in hits)
 
 
+def check_mean_results(got: list[list[Hit]], xq: F32, face_ids: I64, idents: I64, x: F32, *, k: int) -> None:
+    """Against a numpy reference: each identity scores q . unit(mean of its faces); the hit names its best face."""
+    ids = np.unique(idents)
+    means = np.stack([x[idents == i].astype(np.float64).mean(axis=0) for i in ids])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    scores = xq.astype(np.float64) @ means.T
+    for r, hits in enumerate(got):
+        expected = np.sort(scores[r])[::-1][:k]
+        np.testing.assert_allclose([h.score for h in hits], expected, atol=ATOL)
+        for h in hits:
+            assert h.score == pytest.approx(scores[r][np.searchsorted(ids, h.identity_id)], abs=ATOL)
+            own = face_ids[idents == h.identity_id]
+            face_scores = x[np.isin(face_ids, own)] @ xq[r]
+            assert h.face_id == own[int(np.argmax(face_scores))]
+
+
+@pytest.mark.parametrize("backend", ["faiss", "numpy"])
+def test_gallery_mean_identity_score_matches_reference(backend: Any, tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    face_ids, idents, x = clustered_faces(rng, 200, 4)
+    g = GalleryIndex(DIM, backend=backend, use_gpu=False if backend == "faiss" else None, identity_score="mean")
+    g.add(face_ids[:300], idents[:300], x[:300])
+    g.add(face_ids[300:], idents[300:], x[300:])
+    assert g.n_identities == g.n_compared == np.unique(idents).size
+    xq = (x[rng.choice(face_ids.size, 20, replace=False)] + 0.05 * unit_vectors(rng, 20)).astype(np.float32)
+    for k in (1, 5, 300):
+        check_mean_results(g.search(xq, k), xq, face_ids, idents, x, k=k)
+    # incremental removals move the means (and drop emptied identities) without a rebuild
+    victims = np.unique(idents)[:10]
+    for v in victims:
+        g.remove_identity(int(v))
+    keep = ~np.isin(idents, victims)
+    drop = face_ids[keep][::2]
+    g.remove_faces(drop)
+    keep &= ~np.isin(face_ids, drop)
+    check_mean_results(g.search(xq, 5), xq, face_ids[keep], idents[keep], x[keep], k=5)
+    assert g.n_identities == np.unique(idents[keep]).size
+    # a snapshot holds only the faces; loading rebuilds the means
+    g.save(tmp_path / "g", meta={})
+    loaded, _ = GalleryIndex.load(tmp_path / "g", backend=backend, identity_score="mean")
+    check_mean_results(loaded.search(xq, 5), xq, face_ids[keep], idents[keep], x[keep], k=5)
+
+
 def test_gallery_over_fetch_with_one_dominant_identity() -> None:
     rng = np.random.default_rng(5)
     centre = unit_vectors(rng, 1)

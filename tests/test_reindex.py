@@ -116,7 +116,8 @@ def test_reindex_matches_a_fresh_enrolment(
 
 
 def test_identify_keeps_answering_during_reindex(make_settings: Callable[..., Settings], model_b: Path) -> None:
-    settings = make_settings(reindex_batch_size=3, index_sync_interval_s=0.05)
+    # Identities score by their best face here, so that an enrolled image scores ~1 under either model.
+    settings = make_settings(reindex_batch_size=3, index_sync_interval_s=0.05, identity_score="best")
     with TestClient(create_app(settings)) as client:
         for i in range(8):
             iid = client.post(f"{G}/identities", json={"external_id": f"q{i}"}).json()["id"]
@@ -227,7 +228,7 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def test_sigkill_mid_reindex_then_rerun(make_settings: Callable[..., Settings], model_b: Path) -> None:
-    settings = make_settings()
+    settings = make_settings(identity_score="best")  # an enrolled image then scores ~1 against its own face
     rt = start(settings)
     enroll_people(rt, 20, per=3)
     rt.close()
