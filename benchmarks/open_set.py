@@ -729,32 +729,38 @@ def write_card(
 # --- http: one gallery through a running server ---------------------------------------------------------
 
 
-def _evaluation_people(seed: int) -> list[tuple[str, list[Path]]]:
-    """(qualified name, photos) of every evaluation-split person, shuffled with ``seed``."""
+def _people(seed: int, split: str | None) -> list[tuple[str, list[Path]]]:
+    """(qualified name, photos) of every person of one split (None: of the whole shared data), shuffled."""
     people: dict[str, list[Path]] = {}
     for ds in DATASETS:
         if ds.root.is_dir():
             for name, path in list_images(ds):
                 ident = SAME_PERSON.get(name, name)
-                if split_of(ident) == "evaluation":
+                if split is None or split_of(ident) == split:
                     people.setdefault(ident, []).append(path)
     names = sorted(people)
     order = np.random.default_rng(seed).permutation(len(names))
     return [(names[i], people[names[i]]) for i in order]
 
 
-def http(model: Path | None, size: int, strangers: int, reenrol: int, seed: int = 0) -> dict[str, Any]:
+def http(
+    model: Path | None, size: int, strangers: int, reenrol: int, seed: int = 0, everyone: bool = False
+) -> dict[str, Any]:
     """Enrol ``size`` people (each with their first photo that passes the quality gates, default settings), identify
     up to two later photos of each and one photo of ``strangers`` people not enrolled, then enrol ``reenrol`` of them
-    again under new ids with a later photo that passes the gates (caught: refused as a conflict naming them)."""
+    again under new ids with a later photo that passes the gates (caught: refused as a conflict naming them).
+
+    ``everyone``: enrol every person of the shared data (both splits), identify nobody, and enrol again everyone
+    who has a later photo that passes the gates (the issue's "enrol every identity" measurement)."""
     import httpx  # noqa: PLC0415
 
     from benchmarks.identify_latency import running_server  # noqa: PLC0415
     from service.db import migrate  # noqa: PLC0415
     from service.db.engine import Database  # noqa: PLC0415
 
-    people = _evaluation_people(seed)
-    gallery, outsiders = people[:size], people[size : size + strangers]
+    people = _people(seed, None if everyone else "evaluation")
+    gallery, outsiders = (people, []) if everyone else (people[:size], people[size : size + strangers])
+    probes, reenrol = (0, len(people)) if everyone else (2, reenrol)
     with tempfile.TemporaryDirectory(prefix="facedb-open-set-") as tmp_s:
         tmp = Path(tmp_s)
         env = {"FACEDB_DATA_DIR": str(tmp / "data"), "FACEDB_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}"}
@@ -800,7 +806,7 @@ def http(model: Path | None, size: int, strangers: int, reenrol: int, seed: int 
                 if name not in enrolled:
                     continue
                 ident, k = enrolled[name]
-                for photo in photos[k + 1 : k + 3]:
+                for photo in photos[k + 1 : k + 1 + probes]:
                     last = post_photo("/identify", photo).json()
                     top = last["candidates"][0] if last["candidates"] else None
                     right = top is not None and top["identity"]["id"] == ident
@@ -827,6 +833,17 @@ def http(model: Path | None, size: int, strangers: int, reenrol: int, seed: int 
                             for x in rejected
                         )
                         break
+    if everyone:
+        return {
+            "people": len(gallery),
+            "enrolled": len(enrolled),
+            "refused": refused,
+            "people_refused_as_conflicts": refused_people,
+            "refusal_rate_conflict": round(refused_people / len(gallery), 4),
+            "conflicts": conflicts,
+            "reenrolled": tried,
+            "reenrol_caught": round(caught / max(tried, 1), 4),
+        }
     s_scores = np.array([s for s, _ in stranger])
     outcome = Outcome(
         mate_rank=np.array([0 if right else -1 for right, _, _ in mated]),
@@ -886,6 +903,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=1000)
     p.add_argument("--strangers", type=int, default=1000)
     p.add_argument("--reenrol", type=int, default=300)
+    p.add_argument("--everyone", action="store_true", help="enrol every person of the shared data (no probes)")
     p.add_argument("--json", type=Path)
     p = sub.add_parser("calibrate", help="write a model's thresholds and 1:N calibration into its card")
     p.add_argument("model", type=Path)
@@ -914,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs = {"model": args.model} | ({"baseline": args.baseline} if str(args.baseline) != "none" else {})
         results = {}
         for key, model in runs.items():
-            results[key] = http(model, args.size, args.strangers, args.reenrol)
+            results[key] = http(model, args.size, args.strangers, args.reenrol, everyone=args.everyone)
             shown = {k: v for k, v in results[key].items() if k != "conflicts"}
             print(json.dumps({key: str(model or "default"), **shown}, indent=1))
         if args.json:

