@@ -889,7 +889,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--views", nargs="+", default=list(VIEWS))
     p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     p.add_argument("--targets", nargs="+", type=float, default=[1e-2, 1e-3])
-    p.add_argument("--conflict-fpir", type=float, default=1.5e-3)
+    p.add_argument("--conflict-fpir", type=float, default=1e-3)
     p.add_argument("--mismatch-far", type=float, default=1e-2)
     p.add_argument("--json", type=Path)
     p = sub.add_parser("http", help="one gallery through a running server (HTTP API, default settings)")

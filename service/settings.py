@@ -65,12 +65,12 @@ class Settings(BaseSettings):
         "its threshold rises with the number of people (or faces) enrolled (embedding/openset.py).",
     )
     conflict_fpir: float = Field(
-        default=1.5e-3,
+        default=1e-3,
         gt=0,
         lt=1,
         description="Enrolment refuses a face as identity_conflict only above the 1:N threshold at this FPIR for the "
-        "faces in the gallery (near-certain duplicates of another identity's face; chosen on the open-set "
-        "benchmark's calibration split).",
+        "faces in the gallery (near-certain duplicates of another identity's face; benchmarks/README.md, "
+        "open_set.py, shows the trade-off with re-enrolments caught).",
     )
     mismatch_far: float = Field(
         default=1e-2,
