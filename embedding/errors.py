@@ -12,9 +12,10 @@ UNSUPPORTED_IMAGE: Final = "unsupported_image"
 CORRUPT_IMAGE: Final = "corrupt_image"
 IMAGE_TOO_MANY_PIXELS: Final = "image_too_many_pixels"
 DECOMPRESSION_BOMB: Final = "decompression_bomb"
+IMAGE_BAD_ASPECT: Final = "image_bad_aspect"
 
 IMAGE_ERROR_CODES: Final[frozenset[str]] = frozenset(
-    {EMPTY_IMAGE, UNSUPPORTED_IMAGE, CORRUPT_IMAGE, IMAGE_TOO_MANY_PIXELS, DECOMPRESSION_BOMB}
+    {EMPTY_IMAGE, UNSUPPORTED_IMAGE, CORRUPT_IMAGE, IMAGE_TOO_MANY_PIXELS, DECOMPRESSION_BOMB, IMAGE_BAD_ASPECT}
 )
 
 

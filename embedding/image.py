@@ -16,6 +16,7 @@ from embedding.errors import (
     CORRUPT_IMAGE,
     DECOMPRESSION_BOMB,
     EMPTY_IMAGE,
+    IMAGE_BAD_ASPECT,
     IMAGE_TOO_MANY_PIXELS,
     UNSUPPORTED_IMAGE,
     ImageError,
@@ -88,12 +89,13 @@ def _corrupt(exc: Exception) -> ImageError:
     return ImageError(CORRUPT_IMAGE, f"the image data is corrupt: {type(exc).__name__}: {exc}")
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, *, max_pixels: int, max_aspect: float | None = None) -> np.ndarray:
     """Decode an encoded image into an RGB array.
 
     Args:
         data: encoded JPEG, PNG, PBM/PGM/PPM, GIF, BMP or WebP bytes (untrusted).
         max_pixels: largest accepted width * height, checked from the header before decoding.
+        max_aspect: largest accepted ratio of the longer side to the shorter (None: any), checked from the header.
 
     Returns:
         uint8 array of shape (H, W, 3), RGB, C-contiguous. Grey images are replicated to three
@@ -129,6 +131,10 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
             raise ImageError(CORRUPT_IMAGE, f"image declares an invalid size {width}x{height}")
         if width * height > max_pixels:
             raise _too_large_error(width, height, n_bytes, max_pixels)
+        if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
+            raise ImageError(
+                IMAGE_BAD_ASPECT, f"image is {width}x{height}; its sides may differ by at most {max_aspect:g}x"
+            )
         try:
             # Multi-frame files (GIF, WebP) are positioned on their first frame after open.
             # Truncated data fails here: ImageFile.LOAD_TRUNCATED_IMAGES is left False.

@@ -6,6 +6,8 @@ import logging
 import threading
 from pathlib import Path
 
+from embedding.embedder import ONNX_SUFFIXES, TORCH_SUFFIXES
+from embedding.errors import ModelLoadError
 from service import schemas
 from service.db import crud
 from service.db.engine import Database
@@ -16,12 +18,15 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+MODEL_SUFFIXES = TORCH_SUFFIXES | ONNX_SUFFIXES
+
 
 class AdminService:
     """Lists model versions, starts re-index jobs in a background thread, reports their progress."""
 
     def __init__(self, *, db: Database, settings: Settings) -> None:
         self.db = db
+        self.settings = settings
         self.reindexer = Reindexer(db=db, settings=settings)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -41,11 +46,39 @@ class AdminService:
         if (body.model_path is None) == (body.model_version is None):
             raise FacedbError(422, "invalid_reindex", "give exactly one of model_path and model_version")
         if body.model_path is not None:
-            path = Path(body.model_path)
-            if not path.is_file():
-                raise FacedbError(422, "model_file_not_found", f"{path} is not a file on the server")
-            return self.reindexer.register(path)
+            path = self._model_file(body.model_path)
+            try:
+                return self.reindexer.register(path)
+            except ModelLoadError as exc:
+                log.warning("admin re-index: %s", exc)
+                raise self._refused("it is not a calibrated model file facedb can read") from exc
         return self.reindexer.prepare(str(body.model_version))
+
+    def _model_file(self, name: str) -> Path:
+        """The model file a request names: inside FACEDB_MODELS_DIR, a regular .pt/.pth/.onnx file within
+        FACEDB_MAX_MODEL_BYTES. Every failure is the same 422, so a caller learns nothing about other files."""
+        root = self.settings.resolved_models_dir.resolve()
+        try:
+            path = (root / name).resolve()
+            ok = (
+                path.is_relative_to(root)
+                and path.suffix.lower() in MODEL_SUFFIXES
+                and path.is_file()
+                and path.stat().st_size <= self.settings.max_model_bytes
+            )
+        except (OSError, ValueError):  # NUL bytes, names too long, unreadable folders
+            ok = False
+        if not ok:
+            raise self._refused("no such model file")
+        return path
+
+    def _refused(self, why: str) -> FacedbError:
+        return FacedbError(
+            422,
+            "model_file_invalid",
+            f"model_path must name a model file (.pt, .pth or .onnx, at most {self.settings.max_model_bytes} bytes) "
+            f"in FACEDB_MODELS_DIR: {why}",
+        )
 
     def start_reindex(self, body: schemas.ReindexCreate) -> schemas.JobPublic:
         """Start a job in the background (one per process); 409 if one runs anywhere."""

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -39,6 +39,12 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
+MAX_ID = 2**63 - 1
+"""Ids are 64-bit signed integers in both databases; anything larger is a validation error, not a query."""
+IdentityId = Annotated[int, Path(ge=0, le=MAX_ID, description="An identity's id.")]
+FaceId = Annotated[int, Path(ge=0, le=MAX_ID, description="A face's id.")]
+JobId = Annotated[int, Path(ge=0, le=MAX_ID, description="A re-index job's id.")]
+
 ServiceDep = Annotated[FaceService, Depends(_service)]
 AdminDep = Annotated[AdminService, Depends(_admin)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -46,6 +52,21 @@ ImageFile = Annotated[UploadFile, File(description="The probe photo.")]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.ErrorPublic} for code in (400, 404, 409, 413, 422, 429)
 }
+
+
+def one_of_each(*repeatable: str) -> Any:
+    """A dependency refusing a multipart field sent more than once (only ``repeatable`` ones may repeat), instead of
+    silently using the last: 422 ``repeated_field``."""
+
+    async def check(request: Request) -> None:
+        if not request.headers.get("content-type", "").startswith("multipart/"):
+            return
+        form = await request.form()  # already parsed for the route's parameters: Starlette caches it
+        for name in set(form.keys()) - set(repeatable):
+            if len(form.getlist(name)) > 1:
+                raise FacedbError(422, "repeated_field", f"the field {name!r} may be sent only once")
+
+    return Depends(check)
 
 
 def _upload(file: UploadFile, settings: Settings) -> Upload:
@@ -108,40 +129,45 @@ def list_identities(
     service: ServiceDep,
     gallery: str,
     limit: Annotated[int, Query(description="Page size.")] = 100,
-    cursor: Annotated[int | None, Query(description="`next_cursor` of the previous page.")] = None,
+    cursor: Annotated[int | None, Query(ge=0, le=MAX_ID, description="`next_cursor` of the previous page.")] = None,
 ) -> schemas.IdentitiesPublic:
     return service.list_identities(gallery, limit=limit, cursor=cursor)
 
 
 @v1.get("/galleries/{gallery}/identities/{identity_id}", tags=["identities"])
-def get_identity(service: ServiceDep, gallery: str, identity_id: int) -> schemas.IdentityPublic:
+def get_identity(service: ServiceDep, gallery: str, identity_id: IdentityId) -> schemas.IdentityPublic:
     return service.get_identity(gallery, identity_id)
 
 
 @v1.patch("/galleries/{gallery}/identities/{identity_id}", tags=["identities"])
 def update_identity(
-    service: ServiceDep, gallery: str, identity_id: int, body: schemas.IdentityUpdate
+    service: ServiceDep, gallery: str, identity_id: IdentityId, body: schemas.IdentityUpdate
 ) -> schemas.IdentityPublic:
     return service.update_identity(gallery, identity_id, body)
 
 
 @v1.delete("/galleries/{gallery}/identities/{identity_id}", status_code=204, tags=["identities"])
-def delete_identity(service: ServiceDep, gallery: str, identity_id: int) -> None:
+def delete_identity(service: ServiceDep, gallery: str, identity_id: IdentityId) -> None:
     """Delete an identity and its faces; it disappears from results at once."""
     service.delete_identity(gallery, identity_id)
 
 
 @v1.get("/galleries/{gallery}/identities/{identity_id}/faces", tags=["faces"])
-def list_faces(service: ServiceDep, gallery: str, identity_id: int) -> schemas.FacesPublic:
+def list_faces(service: ServiceDep, gallery: str, identity_id: IdentityId) -> schemas.FacesPublic:
     return service.list_faces(gallery, identity_id)
 
 
-@v1.post("/galleries/{gallery}/identities/{identity_id}/faces", status_code=201, tags=["faces"])
+@v1.post(
+    "/galleries/{gallery}/identities/{identity_id}/faces",
+    status_code=201,
+    tags=["faces"],
+    dependencies=[one_of_each("image")],
+)
 def enroll_faces(
     service: ServiceDep,
     settings: SettingsDep,
     gallery: str,
-    identity_id: int,
+    identity_id: IdentityId,
     image: Annotated[list[UploadFile], File(description="One or more face photos.")],
     detect: Annotated[bool, Form(description="false for pre-cropped faces: the whole image is the face.")] = True,
     multiple_faces: Annotated[
@@ -175,11 +201,11 @@ def enroll_faces(
 
 
 @v1.delete("/galleries/{gallery}/identities/{identity_id}/faces/{face_id}", status_code=204, tags=["faces"])
-def delete_face(service: ServiceDep, gallery: str, identity_id: int, face_id: int) -> None:
+def delete_face(service: ServiceDep, gallery: str, identity_id: IdentityId, face_id: FaceId) -> None:
     service.delete_face(gallery, identity_id, face_id)
 
 
-@v1.post("/galleries/{gallery}/identify", tags=["search"])
+@v1.post("/galleries/{gallery}/identify", tags=["search"], dependencies=[one_of_each()])
 def identify(
     service: ServiceDep,
     settings: SettingsDep,
@@ -197,13 +223,13 @@ def identify(
     )
 
 
-@v1.post("/galleries/{gallery}/verify", tags=["search"])
+@v1.post("/galleries/{gallery}/verify", tags=["search"], dependencies=[one_of_each()])
 def verify_identity(
     service: ServiceDep,
     settings: SettingsDep,
     gallery: str,
     image: ImageFile,
-    identity_id: Annotated[int, Form(description="The claimed identity.")],
+    identity_id: Annotated[int, Form(ge=0, le=MAX_ID, description="The claimed identity.")],
     threshold: Annotated[float | None, Form()] = None,
     detect: Annotated[bool, Form()] = True,
 ) -> schemas.VerifyPublic:
@@ -211,7 +237,7 @@ def verify_identity(
     return service.verify_identity(gallery, identity_id, _upload(image, settings), threshold=threshold, detect=detect)
 
 
-@v1.post("/verify", tags=["search"])
+@v1.post("/verify", tags=["search"], dependencies=[one_of_each()])
 def verify_pair(
     service: ServiceDep,
     settings: SettingsDep,
@@ -246,7 +272,7 @@ def start_reindex(admin_service: AdminDep, body: schemas.ReindexCreate) -> schem
 
 
 @admin.get("/reindex/{job_id}")
-def get_reindex(admin_service: AdminDep, job_id: int) -> schemas.JobPublic:
+def get_reindex(admin_service: AdminDep, job_id: JobId) -> schemas.JobPublic:
     """Progress of a re-index job: done/total, rate, ETA, errors, and the switch once complete."""
     return admin_service.get_job(job_id)
 
@@ -276,6 +302,20 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
+def _body_error(exc: Exception) -> JSONResponse:
+    """FastAPI turns any failure while reading a body into one 400; answer for what actually went wrong: the body
+    limit (413, raised by `BodyLimitMiddleware` while the body streamed in), JSON nested too deeply, or else a
+    multipart body that does not parse."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, FacedbError):
+            return _envelope(cause.status, cause.code, cause.message, cause.details)
+        if isinstance(cause, RecursionError):
+            return _envelope(400, "malformed_json", "the JSON body is nested too deeply")
+        cause = cause.__cause__
+    return _envelope(400, "malformed_body", "the multipart body could not be parsed")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as ``{"error": {"code", "message"}}``."""
 
@@ -292,7 +332,7 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 400 and "parsing the body" in message:
-            code, message = "malformed_body", "the multipart body could not be parsed"
+            return _body_error(exc)
         return _envelope(exc.status_code, code, message)
 
     @app.exception_handler(Exception)

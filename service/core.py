@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -284,7 +285,8 @@ class FaceService:
 
     @staticmethod
     def _gallery(session: Session, name: str) -> Gallery:
-        gallery = crud.get_gallery(session, name=name)
+        # A name that could not have been created is not looked up (NUL bytes would reach the database).
+        gallery = crud.get_gallery(session, name=name) if re.fullmatch(schemas.GALLERY_NAME_PATTERN, name) else None
         if gallery is None:
             raise not_found("gallery", repr(name))
         return gallery
@@ -452,7 +454,7 @@ class FaceService:
     def _enrolment_face(
         self, upload: Upload, *, detect: bool, multiple_faces: Literal["reject", "largest"] | None
     ) -> FaceImage:
-        image = decode(upload.data, max_pixels=self.settings.max_pixels)
+        image = decode(upload.data, max_pixels=self.settings.max_pixels, max_aspect=self.settings.max_aspect_ratio)
         if not detect or self.detector is None:
             return whole_image(image, max_side=self.settings.crop_max_side)
         gates = self.settings.quality
@@ -645,7 +647,7 @@ class FaceService:
         """Every face of a probe photo, largest first, each with its quality measured (not gated)."""
         self._check_size(upload)
         try:
-            image = decode(upload.data, max_pixels=self.settings.max_pixels)
+            image = decode(upload.data, max_pixels=self.settings.max_pixels, max_aspect=self.settings.max_aspect_ratio)
         except ImageError as exc:
             raise FacedbError(422, exc.code, f"{upload.filename or 'image'}: {exc.message}") from exc
         if not detect or self.detector is None:

@@ -2,14 +2,56 @@
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-GalleryName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
-ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whitespace=True)]
-DisplayName = Annotated[str, StringConstraints(max_length=256)]
+GALLERY_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+MAX_METADATA_BYTES: Final = 16 * 1024
+"""Largest metadata object, as compact JSON (UTF-8)."""
+MAX_METADATA_DEPTH: Final = 16
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("text may not contain NUL characters")
+    return value
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """JSON that every database stores alike: no NUL in keys or strings, finite numbers, bounded depth and size."""
+
+    def walk(node: Any, depth: int) -> None:
+        if depth > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata may nest at most {MAX_METADATA_DEPTH} levels")
+        if isinstance(node, str):
+            _no_nul(node)
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ValueError("metadata numbers must be finite (no NaN or Infinity)")
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                _no_nul(key)
+                walk(item, depth + 1)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, depth + 1)
+
+    walk(value, 0)
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is {size} bytes as JSON; at most {MAX_METADATA_BYTES}")
+    return value
+
+
+GalleryName = Annotated[str, StringConstraints(pattern=GALLERY_NAME_PATTERN)]
+ExternalId = Annotated[
+    str, StringConstraints(min_length=1, max_length=256, strip_whitespace=True), AfterValidator(_no_nul)
+]
+DisplayName = Annotated[str, StringConstraints(max_length=256), AfterValidator(_no_nul)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
 
 
 class GalleryCreate(BaseModel):
@@ -32,14 +74,16 @@ class IdentityCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     external_id: ExternalId = Field(description="Your key for this person; unique within the gallery.")
     display_name: DisplayName | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(
+        default_factory=dict, description=f"Any JSON object of at most {MAX_METADATA_BYTES} bytes, finite numbers."
+    )
 
 
 class IdentityUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     external_id: ExternalId | None = None
     display_name: DisplayName | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class IdentityPublic(BaseModel):
@@ -195,7 +239,11 @@ class ModelVersionsPublic(BaseModel):
 
 class ReindexCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model_path: str | None = Field(default=None, description="A model file on the server to register and switch to.")
+    model_path: str | None = Field(
+        default=None,
+        max_length=255,
+        description="A model file in the server's FACEDB_MODELS_DIR (its name) to register and switch to.",
+    )
     model_version: str | None = Field(
         default=None, description="A registered version (id, version or checksum prefix), e.g. to roll back."
     )

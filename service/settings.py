@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     )
     model_path: Path | None = Field(default=None, description="Embedder checkpoint; empty = shipped default.")
     index_dir: Path | None = Field(default=None, description="Index snapshots; empty = data_dir/index.")
+    models_dir: Path | None = Field(
+        default=None,
+        description="The only folder POST /v1/admin/reindex reads model files from (its model_path names a file "
+        "in it); empty = the shipped models, embedding/models.",
+    )
+    max_model_bytes: int = Field(default=1024**3, gt=0, description="Largest model file the API will read.")
     index_backend: Literal["faiss", "numpy"] = "faiss"
     identity_score: Literal["best", "mean"] = Field(
         default="mean",
@@ -106,6 +112,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Per image file.")
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="Whole HTTP request body.")
     max_pixels: int = Field(default=40_000_000, gt=0, description="Width x height of one decoded image.")
+    max_aspect_ratio: float = Field(
+        default=20.0, ge=1.0, description="Longer side over shorter side of one image (a 1x100000 strip is refused)."
+    )
     max_images_per_request: int = Field(default=32, gt=0)
     default_top_k: int = Field(default=5, gt=0)
     max_top_k: int = Field(default=100, gt=0)
@@ -142,6 +151,15 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file in the data directory."""
         return self.database_url or f"sqlite:///{self.data_dir / 'facedb.sqlite3'}"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        """Where the admin API may read model files."""
+        if self.models_dir is not None:
+            return self.models_dir
+        from embedding.embedder import default_model_path  # noqa: PLC0415 - keeps settings import light
+
+        return default_model_path().parent
 
     @property
     def resolved_index_dir(self) -> Path:

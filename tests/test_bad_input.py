@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -55,7 +56,15 @@ def counts(client: TestClient) -> tuple[int, int]:
     return g["identity_count"], g["face_count"]
 
 
+def strip_png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buf, "PNG")
+    return buf.getvalue()
+
+
 BAD_IMAGES: dict[str, tuple[bytes, str]] = {
+    "a 1x50000 strip": (strip_png(1, 50_000), "image_bad_aspect"),
+    "a 20000x1 strip": (strip_png(20_000, 1), "image_bad_aspect"),
     "empty file": (b"", "empty_image"),
     "text renamed .jpg": (b"name,age\nalice,31\n" * 10, "unsupported_image"),
     "truncated JPEG": (noise_jpeg(120, 120)[:700], "corrupt_image"),
@@ -194,3 +203,123 @@ def test_bad_pagination(small_limits_client: TestClient) -> None:
     assert small_limits_client.get(f"{G}/identities", params={"limit": 0}).json()["error"]["code"] == "invalid_limit"
     r = small_limits_client.get(f"{G}/identities", params={"cursor": "abc"})
     assert r.json()["error"]["code"] == "validation_error"
+
+
+HUGE = str(2**63)  # one past the largest 64-bit id
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "form"),
+    [
+        ("get", f"{G}/identities/{HUGE}", None),
+        ("get", f"{G}/identities/{2**70}/faces", None),
+        ("delete", f"{G}/identities/1/faces/{HUGE}", None),
+        ("get", f"{G}/identities?cursor={HUGE}", None),
+        ("get", f"/v1/admin/reindex/{2**70}", None),
+        ("post", f"{G}/verify", {"identity_id": HUGE, "detect": "false"}),
+    ],
+)
+def test_ids_beyond_64_bits_are_422(
+    small_limits_client: TestClient, method: str, path: str, form: dict[str, str] | None
+) -> None:
+    files = {"image": ("p.png", image_bytes(1), "image/png")} if form is not None else None
+    r = getattr(small_limits_client, method)(path, **({"data": form, "files": files} if form is not None else {}))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "validation_error"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"external_id": "a\x00b"},
+        {"external_id": "ok", "display_name": "nul\x00"},
+        {"external_id": "ok", "metadata": {"k": "v\x00"}},
+        {"external_id": "ok", "metadata": {"k\x00": 1}},
+        {"external_id": "ok", "metadata": {"deep": [{"x": "\x00"}]}},
+        {"external_id": "ok", "metadata": {"blob": "x" * 20_000}},
+    ],
+)
+def test_nul_and_oversized_text_are_422_on_both_databases(
+    small_limits_client: TestClient, body: dict[str, object]
+) -> None:
+    before = counts(small_limits_client)
+    r = small_limits_client.post(f"{G}/identities", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "validation_error"
+    assert counts(small_limits_client) == before
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_in_metadata_are_422(small_limits_client: TestClient, token: str) -> None:
+    body = b'{"external_id": "n", "metadata": {"x": ' + token.encode() + b"}}"
+    r = small_limits_client.post(f"{G}/identities", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "validation_error"
+
+
+def test_gallery_path_with_nul_is_not_found(small_limits_client: TestClient) -> None:
+    r = small_limits_client.get("/v1/galleries/a%00b/identities")
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == "gallery_not_found"
+
+
+def test_deeply_nested_json_is_malformed_json(small_limits_client: TestClient) -> None:
+    body = b'{"external_id": "d", "metadata": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    r = small_limits_client.post(f"{G}/identities", content=body, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422), r.text
+    assert r.json()["error"]["code"] in ("malformed_json", "validation_error")
+
+
+def test_chunked_body_over_the_limit_is_413(small_limits_client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'
+        for _ in range(30):
+            yield b"\x00" * 100_000  # 3 MB against a 1 MB limit, with no Content-Length
+        yield b"\r\n--b--\r\n"
+
+    r = small_limits_client.post(
+        f"{G}/identify", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        (f"{G}/identify", [("image", "a.png"), ("image", "b.png")]),
+        ("/v1/verify", [("image_a", "a.png"), ("image_a", "c.png"), ("image_b", "b.png")]),
+    ],
+)
+def test_repeated_single_file_fields_are_422(
+    small_limits_client: TestClient, path: str, fields: list[tuple[str, str]]
+) -> None:
+    files = [(name, (fn, image_bytes(i), "image/png")) for i, (name, fn) in enumerate(fields)]
+    r = small_limits_client.post(path, files=files, data=SYNTHETIC_PROBE)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "repeated_field"
+
+
+@pytest.mark.parametrize(
+    "model_path",
+    ["/etc/passwd", "../../../../etc/passwd", "missing.pt", "nul\x00.pt", "dlib_resnet.md", "x" * 300],
+)
+def test_admin_model_path_only_names_model_files_in_the_models_dir(
+    small_limits_client: TestClient, model_path: str
+) -> None:
+    r = small_limits_client.post("/v1/admin/reindex", json={"model_path": model_path})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] in ("model_file_invalid", "validation_error")
+    if r.json()["error"]["code"] == "model_file_invalid":
+        # the same answer whether the file exists elsewhere, is missing, or is not a model
+        assert r.json()["error"]["message"].endswith("no such model file")
+
+
+def test_admin_model_path_that_is_not_a_model_is_422(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "fake.onnx").write_bytes(b"not an onnx graph")
+    with TestClient(create_app(make_settings(models_dir=models))) as c:
+        r = c.post("/v1/admin/reindex", json={"model_path": "fake.onnx"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "model_file_invalid"

@@ -117,7 +117,9 @@ def test_reindex_matches_a_fresh_enrolment(
 
 def test_identify_keeps_answering_during_reindex(make_settings: Callable[..., Settings], model_b: Path) -> None:
     # Identities score by their best face here, so that an enrolled image scores ~1 under either model.
-    settings = make_settings(reindex_batch_size=3, index_sync_interval_s=0.05, identity_score="best")
+    settings = make_settings(
+        reindex_batch_size=3, index_sync_interval_s=0.05, identity_score="best", models_dir=model_b.parent
+    )
     with TestClient(create_app(settings)) as client:
         for i in range(8):
             iid = client.post(f"{G}/identities", json={"external_id": f"q{i}"}).json()["id"]
@@ -145,7 +147,7 @@ def test_identify_keeps_answering_during_reindex(make_settings: Callable[..., Se
         thread = threading.Thread(target=probe)
         thread.start()
         try:
-            r = client.post("/v1/admin/reindex", json={"model_path": str(model_b)})
+            r = client.post("/v1/admin/reindex", json={"model_path": model_b.name})
             assert r.status_code == 202, r.text
             job_id = r.json()["id"]
             # an enrolment while the job runs is embedded with both models
