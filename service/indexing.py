@@ -240,6 +240,11 @@ class IndexManager:
 
     # --- search ---------------------------------------------------------------------------------------
 
+    def face_ids(self, gallery_id: int) -> np.ndarray:
+        """int64 (N,): the faces one gallery's live index holds, ascending (empty for a gallery with none)."""
+        index = self._indexes.get(gallery_id)
+        return np.empty(0, dtype=np.int64) if index is None else index.face_ids()
+
     def gallery_size(self, gallery_id: int, *, by: IdentityScore | None = None) -> int:
         """What a query in one gallery is compared with: identities (``identity_score="mean"``, unless ``by`` is
         "best") or faces."""
