@@ -7,10 +7,12 @@ Stages (each a subcommand; the first is slow and cached, the others take seconds
   landmarks are YuNet's own five points and dlib's 5-point predictor's (mapped as the service maps them). Each
   embedder in `EMBEDDERS` embeds the face and its mirror image, aligned with the landmarks it is served with.
   Cached as ``.npz`` under ``--cache`` (one file per data set and embedder): later stages never touch an image.
-- ``library``: the numbers, from the cached embeddings with exact (brute-force) search, for each embedder and
-  fusion at every gallery size (see `evaluate`).
-- ``calibrate``: the 1:N threshold table for a model card, measured on the *calibration* split only.
-- ``http``: one gallery size through a running service's HTTP API, enrolled and searched as a client would.
+- ``library``: the numbers, from the cached embeddings with exact search (facedb's `GalleryIndex`), for each
+  embedder and fusion at every gallery size (`evaluate_view`), and the enrolment runs (`enrolment_run`).
+- ``calibrate``: writes a model's thresholds and 1:N calibration into its card, measured on the *calibration*
+  split only, with the evaluation split's table for the record (`write_card`).
+- ``http``: one gallery size (or, with ``--everyone``, every person) through a real server's HTTP API, enrolled
+  and searched as a client would, the default model and a baseline each in a fresh server.
 
 Splits (identity-disjoint; `split_of`): LFW people whose name hashes to 0 mod 3 form the *calibration* split,
 which alone chooses thresholds, score normalisation and the default embedder's settings; every other person
@@ -19,6 +21,7 @@ from. The model card says the same.
 
     python -m benchmarks.open_set embed [--workers 2]
     python -m benchmarks.open_set library --json open_set.json
+    python -m benchmarks.open_set http --size 1000 --json open_set_http.json
 """
 
 from __future__ import annotations
@@ -187,10 +190,11 @@ def _embed_shard(args: tuple[list[str], list[str], list[str], int]) -> dict[str,
             dim = embedder.card.embedding_dim
             for view in ("o", "m"):
                 out[f"{spec.name}_{view}"] = np.zeros((n, dim), dtype=np.float32)
-            idx = [i for i in range(n) if images[i] is not None]
+            found = {i: image for i, image in enumerate(images) if image is not None}
+            idx = sorted(found)
             for start in range(0, len(idx), batch):
                 chunk = idx[start : start + batch]
-                crops = [model_face(images[i], out[spec.landmarks][i], embedder.card.input) for i in chunk]  # type: ignore[arg-type]
+                crops = [model_face(found[i], out[spec.landmarks][i], embedder.card.input) for i in chunk]
                 out[f"{spec.name}_o"][chunk] = embedder.embed(crops)
                 out[f"{spec.name}_m"][chunk] = embedder.embed([np.ascontiguousarray(c[:, ::-1]) for c in crops])
     return out
