@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import io
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -148,3 +153,43 @@ def detector() -> DlibDetector:
 
 def att_image(subject: int, index: int) -> Path:
     return require_data(ATT) / f"s{subject}" / f"{index}.pgm"
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(
+    env: dict[str, str], log_path: Path, *, preexec_fn: Callable[[], None] | None = None, timeout_s: float = 90
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`facedb serve` in a child process on a free port, once /readyz says ready: (process, base URL).
+
+    The caller kills the process. Raises RuntimeError (with the log's tail) if it exits or is not ready in time.
+    """
+    port = free_port()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - only resource limits, set before exec
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited:\n{log_path.read_text(errors='replace')[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server not ready:\n{log_path.read_text(errors='replace')[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)

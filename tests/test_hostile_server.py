@@ -6,10 +6,6 @@ from __future__ import annotations
 import io
 import os
 import resource
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +14,7 @@ import pytest
 from PIL import Image
 
 from service.settings import Settings
-from tests.conftest import DATA_ROOT, REPO, require_data
+from tests.conftest import DATA_ROOT, require_data, start_server
 from tests.test_bad_input import png_declaring
 
 CAP_BYTES = 3 * 1024**3
@@ -37,38 +33,14 @@ def _cap_memory() -> None:  # runs in the child before exec
 
 @pytest.fixture
 def capped_server(settings: Settings, tmp_path: Path) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
     env = os.environ | {
         "FACEDB_DATA_DIR": str(settings.data_dir),
         "FACEDB_DATABASE_URL": settings.resolved_database_url,
         "FACEDB_TORCH_THREADS": "1",
     }
     log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_cap_memory,  # noqa: PLW1509 - a resource limit, set before exec; no threads in the child yet
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(env, log, preexec_fn=_cap_memory)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
         yield url
         assert proc.poll() is None, f"the server died:\n{log.read_text()[-3000:]}"
     finally:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +19,7 @@ from service import schemas
 from service.core import Upload
 from service.runtime import Runtime, build_runtime
 from service.settings import Settings
-from tests.conftest import REPO, SYNTHETIC_ENROL, SYNTHETIC_PROBE, image_bytes
+from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, image_bytes, start_server
 
 
 def start(settings: Settings) -> Runtime:
@@ -136,12 +134,6 @@ def test_other_process_writes_reach_a_running_server(make_settings: Callable[...
 # --- a real server process, killed ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], tuple[subprocess.Popen[bytes], str]]]:
     procs: list[subprocess.Popen[bytes]] = []
@@ -153,28 +145,9 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], tuple[su
     }
 
     def launch() -> tuple[subprocess.Popen[bytes], str]:
-        port = free_port()
-        log = (tmp_path / f"server-{len(procs)}.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        proc, url = start_server(env, tmp_path / f"server-{len(procs)}.log", timeout_s=60)
         procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {(tmp_path / f'server-{len(procs) - 1}.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    return proc, url
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not become ready")
+        return proc, url
 
     yield launch
     for proc in procs:

@@ -31,7 +31,7 @@ from service.db.engine import Database
 from service.errors import FacedbError
 from service.runtime import Runtime, build_runtime
 from service.settings import Settings
-from tests.conftest import REPO, SYNTHETIC_ENROL, SYNTHETIC_PROBE, image_bytes
+from tests.conftest import REPO, SYNTHETIC_ENROL, SYNTHETIC_PROBE, free_port, image_bytes
 
 G = "/v1/galleries/default"
 
@@ -276,20 +276,12 @@ def test_sigkill_mid_reindex_then_rerun(make_settings: Callable[..., Settings], 
         rt.close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def two_servers(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, str]]:
     procs = []
     urls = []
     for i in range(2):
-        port = _free_port()
+        port = free_port()
         env = _env(settings, FACEDB_INDEX_SYNC_INTERVAL_S="0.2", FACEDB_DATA_DIR=str(tmp_path / f"node{i}"))
         log = (tmp_path / f"node{i}.log").open("wb")
         procs.append(
