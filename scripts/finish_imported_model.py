@@ -140,7 +140,8 @@ def render(card: ModelCard, path: Path) -> str:
     table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
     return f"""# Model card: `{path.name}`: {card.name} (version `{card.version}`)
 
-The default face embedder of facedb: what the service loads when `FACEDB_MODEL_PATH` is not set. It is **not
+The default face embedder of facedb until SFace (`sface.md`) replaced it; serve it with
+`FACEDB_MODEL_PATH=embedding/models/dlib_resnet.pt`. It is **not
 trained by facedb**: it is dlib's face recognition ResNet, read from dlib's own file and run by facedb's PyTorch
 code. Everything below was measured on this file through facedb's serving path (detect, align, embed) and is
 stored in its card (`facedb models list`, or `embedding.checkpoint.load_checkpoint`); this page is rendered from
