@@ -103,10 +103,3 @@ class ModelCard(BaseModel):
         if len(self.thresholds) < 2:
             return None
         return OpenSetCalibration.from_thresholds(dict(self.thresholds), source="the card's 1:1 thresholds")
-
-    def threshold_at_far(self, far: float) -> float:
-        """The 1:1 threshold at ``far`` (from the 1:N calibration's table when there is one)."""
-        calibration = self.open_set_calibration()
-        if calibration is None:
-            return self.default_threshold
-        return calibration.threshold_at_far(far)
