@@ -3,7 +3,8 @@
 Stages (each a subcommand; the first is slow and cached, the others take seconds to minutes):
 
 - ``embed``: every photo of the shared data (LFW folds 1-9, CelebA subset, AT&T, Extended Yale B, Yale A)
-  through facedb's face path: YuNet finds the faces, the labelled person's is kept (`subject_face`), and its
+  through facedb's face path: YuNet finds the faces, the labelled person's is kept (the face nearest the centre
+  of those at least half as wide as the widest), and its
   landmarks are YuNet's own five points and dlib's 5-point predictor's (mapped as the service maps them). Each
   embedder in `EMBEDDERS` embeds the face and its mirror image, aligned with the landmarks it is served with.
   Cached as ``.npz`` under ``--cache`` (one file per data set and embedder): later stages never touch an image.
@@ -42,10 +43,12 @@ from typing import Any
 
 import numpy as np
 
+from embedding.train.data import DatasetSpec, list_identity_folder
+from embedding.train.evaluation import cross_scores, threshold_at_far
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "facedb" / "open_set"
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".gif"})
 
 
 @dataclass(frozen=True)
@@ -109,13 +112,9 @@ def split_of(identity: str) -> str:
 
 
 def list_images(dataset: DataSet) -> list[tuple[str, Path]]:
-    """(qualified identity, image path) for every image of a set, in a fixed order."""
-    rows = []
-    for folder in sorted(p for p in dataset.root.iterdir() if p.is_dir()):
-        for image in sorted(folder.iterdir()):
-            if image.suffix.lower() in IMAGE_SUFFIXES:
-                rows.append((f"{dataset.name}/{folder.name}", image))
-    return rows
+    """(qualified identity, image path) for every image of a set, sorted by identity then file name."""
+    images = list_identity_folder(DatasetSpec(root=dataset.root, name=dataset.name))
+    return [(f"{dataset.name}/{image.identity}", image.path) for image in images]
 
 
 # --- embed ---------------------------------------------------------------------------------------------
@@ -128,16 +127,6 @@ def _unflipped(spec: EmbedderSpec, tmp: Path) -> Path:
     return _with_flip(spec.path, tmp, False)
 
 
-def subject_face(faces: Sequence[Any], width: int, height: int) -> Any:
-    """The labelled person's face: the one nearest the image centre among those at least half as wide as the
-    widest (LFW's photos are centred on the person they are filed under; some hold a bigger face of someone else)."""
-    widest = max(f.box[2] - f.box[0] for f in faces)
-    big = [f for f in faces if f.box[2] - f.box[0] >= widest / 2]
-    return min(
-        big, key=lambda f: ((f.box[0] + f.box[2]) / 2 - width / 2) ** 2 + ((f.box[1] + f.box[3]) / 2 - height / 2) ** 2
-    )
-
-
 def _embed_shard(args: tuple[list[str], list[str], list[str], int]) -> dict[str, np.ndarray]:
     """Worker: detect, align and embed one shard of images (one thread)."""
     paths, _names, models, batch = args
@@ -145,6 +134,7 @@ def _embed_shard(args: tuple[list[str], list[str], list[str], int]) -> dict[str,
     from embedding.embedder import load_embedder  # noqa: PLC0415
     from embedding.errors import ImageError  # noqa: PLC0415
     from embedding.facepath import decode, model_face  # noqa: PLC0415
+    from embedding.train.faceset import central_face  # noqa: PLC0415
     from embedding.yunet import YuNetDetector  # noqa: PLC0415
 
     specs = [s for s in EMBEDDERS if s.name in models]
@@ -165,11 +155,11 @@ def _embed_shard(args: tuple[list[str], list[str], list[str], int]) -> dict[str,
         except ImageError:
             images.append(None)
             continue
-        faces = yunet.detect(rgb)
-        if not faces:
+        # LFW's photos are centred on the person they are filed under; some hold a bigger face of someone else.
+        face = central_face(yunet.detect(rgb), rgb.shape[0], rgb.shape[1], min_width_ratio=0.5)
+        if face is None:
             images.append(None)
             continue
-        face = subject_face(faces, rgb.shape[1], rgb.shape[0])
         refined = refiner.refine(rgb, [face])[0]
         out["found"][i] = True
         out["box"][i] = face.box
@@ -388,30 +378,11 @@ def fpir_at(outcome: Outcome, threshold: float) -> float:
     return float((outcome.stranger >= threshold).mean())
 
 
-def threshold_for(stranger: np.ndarray, fpir: float) -> float:
-    """The lowest threshold with at most ``fpir`` of the strangers at or above it."""
-    s = np.sort(stranger)[::-1]
-    n_allowed = int(np.floor(fpir * len(s)))
-    return float(np.nextafter(s[n_allowed], np.float32(2.0))) if n_allowed < len(s) else float(s[-1])
-
-
 # --- calibration (calibration split only) --------------------------------------------------------------
 
 CAL_SIZES = (30, 100, 300, 1000)
 K_FPIRS = (1e-2, 3e-3)
 TABLE_FARS = tuple(10.0 ** (-e / 2) for e in range(2, 21))  # 1e-1, 3.2e-2, ... 1e-10
-
-
-def impostor_scores(x: np.ndarray, identity: np.ndarray) -> np.ndarray:
-    """Every different-person pair's score among the rows of ``x`` float32 (N, D): float32 (P,)."""
-    codes = np.unique(identity, return_inverse=True)[1]
-    out = []
-    for start in range(0, len(x), 1024):
-        block = x[start : start + 1024] @ x.T
-        rows = np.arange(start, min(start + 1024, len(x)))
-        upper = np.arange(len(x))[None, :] > rows[:, None]
-        out.append(block[upper & (codes[rows][:, None] != codes[None, :])])
-    return np.concatenate(out)
 
 
 def far_table(impostors: np.ndarray, *, min_pairs: int = 50) -> tuple[dict[str, float], float]:
@@ -438,7 +409,7 @@ def fit_open_set(faces: Faces, *, seed: int = 0, repeats: int = 5) -> Any:
 
     names, rows = _by_identity(faces, "calibration")
     photos = probe_photos(faces, names, rows)
-    impostors = impostor_scores(faces.x[photos], faces.identity[photos])
+    impostors = cross_scores(faces.x[photos], faces.identity[photos])[1]
     table, measured = far_table(impostors)
     base = OpenSetCalibration(far_thresholds=table, comparisons_per_face={"1": 1.0}, measured_far=measured)
     rng = np.random.default_rng(seed)
@@ -452,7 +423,7 @@ def fit_open_set(faces: Faces, *, seed: int = 0, repeats: int = 5) -> Any:
             strangers_labels = np.array([label.get(str(faces.identity[r]), -1) for r in photos])
             outcome = run_gallery(faces, gallery, photos, strangers_labels)
             for fpir in K_FPIRS:
-                far = base.fpir(1, threshold_for(outcome.stranger, fpir))  # one face, k = 1: the 1:1 FAR
+                far = base.fpir(1, threshold_at_far(outcome.stranger, fpir))  # one face, k = 1: the 1:1 FAR
                 estimates.append(math.log(-math.log1p(-fpir) / (len(gallery.rows) * -math.log1p(-far))))
         per_size[str(size)] = round(math.exp(float(np.mean(estimates))), 4)
     return OpenSetCalibration(
@@ -483,7 +454,7 @@ def gallery_row(gallery: Gallery, outcome: Outcome, cal: Any, targets: Sequence[
         "calibrated": {},
     }
     for fpir in FPIRS:
-        t = threshold_for(outcome.stranger, fpir)
+        t = threshold_at_far(outcome.stranger, fpir)
         row["fnir_at_fpir"][f"{fpir:g}"] = {"threshold": round(t, 4), "fnir": round(fnir_at(outcome, t), 4)}
     for target in targets:
         compared = row["identities"] if scoring == "mean" else row["faces"]  # what the service calibrates with
@@ -873,7 +844,7 @@ def http(
             "fnir": round(1 - float(np.mean([m[2] for m in mated])), 4),
         },
         "fnir_at_fpir": {
-            f"{f:g}": round(fnir_at(outcome, threshold_for(s_scores, f)), 4) for f in FPIRS if f * len(s_scores) >= 1
+            f"{f:g}": round(fnir_at(outcome, threshold_at_far(s_scores, f)), 4) for f in FPIRS if f * len(s_scores) >= 1
         },
         "reenrolled": tried,
         "reenrol_caught": round(caught / max(tried, 1), 4),

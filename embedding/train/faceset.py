@@ -57,12 +57,17 @@ class AlignedSet:
         return len(self.crops)
 
 
-def central_face(faces: Sequence[DetectedFace], height: int, width: int) -> DetectedFace | None:
-    """The face whose box centre is nearest the image centre; None for no faces."""
+def central_face(
+    faces: Sequence[DetectedFace], height: int, width: int, *, min_width_ratio: float = 0.0
+) -> DetectedFace | None:
+    """The face whose box centre is nearest the image centre, among those at least ``min_width_ratio`` as wide as
+    the widest; None for no faces."""
     if not faces:
         return None
+    widest = max(f.box[2] - f.box[0] for f in faces)
+    big = [f for f in faces if f.box[2] - f.box[0] >= min_width_ratio * widest]
     cx, cy = width / 2.0, height / 2.0
-    return min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)
+    return min(big, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)
 
 
 def _read(path: Path) -> np.ndarray:
