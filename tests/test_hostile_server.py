@@ -3,7 +3,6 @@ and keeps answering valid requests afterwards."""
 
 from __future__ import annotations
 
-import io
 import os
 import resource
 from collections.abc import Iterator
@@ -11,20 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from service.settings import Settings
 from tests.conftest import DATA_ROOT, require_data, start_server
-from tests.test_bad_input import png_declaring
+from tests.test_bad_input import png_declaring, strip_png
 
 CAP_BYTES = 3 * 1024**3
 G = "/v1/galleries/default"
-
-
-def _png(width: int, height: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("L", (width, height), 128).save(buf, "PNG", optimize=True)
-    return buf.getvalue()
 
 
 def _cap_memory() -> None:  # runs in the child before exec
@@ -54,9 +46,9 @@ def test_hostile_inputs_under_a_memory_cap(capped_server: str) -> None:
     with httpx.Client(base_url=capped_server + G, timeout=60) as c:
         person = c.post("/identities", json={"external_id": "p"}).json()["id"]
         images = {
-            "1x100000 grey strip": (_png(1, 100_000), "image_bad_aspect"),
-            "1x20000 grey strip": (_png(1, 20_000), "image_bad_aspect"),
-            "6000x6000 blank": (_png(6000, 6000), "no_face"),
+            "1x100000 grey strip": (strip_png(1, 100_000), "image_bad_aspect"),
+            "1x20000 grey strip": (strip_png(1, 20_000), "image_bad_aspect"),
+            "6000x6000 blank": (strip_png(6000, 6000), "no_face"),
             "decompression bomb": (png_declaring(70_000, 70_000), "decompression_bomb"),
         }
         for name, (data, code) in images.items():
