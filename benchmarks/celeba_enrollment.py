@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.identify_latency import DATA_ROOT, machine_info, running_server
+from benchmarks.identify_latency import DATA_ROOT, machine_info, running_server, server_headers
 from benchmarks.nofaces import backgrounds, png, scenes
 from embedding.embedder import default_model_path
 from service.db import migrate
@@ -83,7 +83,7 @@ def run(
         db.dispose()
         with (
             running_server(os.environ | env, tmp / "server.log", 120) as (url, _),
-            httpx.Client(base_url=url + G, timeout=60, trust_env=False) as c,
+            httpx.Client(base_url=url + G, timeout=60, trust_env=False, headers=server_headers(env)) as c,
         ):
             reasons: Counter[str] = Counter()
             enrolled_with: dict[str, Path] = {}

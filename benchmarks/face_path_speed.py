@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.identify_latency import DATA_ROOT, REPO, machine_info, running_server
+from benchmarks.identify_latency import DATA_ROOT, REPO, machine_info, running_server, server_headers
 from service.db import migrate
 from service.db.engine import Database
 
@@ -74,7 +74,9 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000.0, q)) if values else float("nan")
 
 
-def throughput(url: str, payloads: Sequence[bytes], clients: int, seconds: float) -> dict[str, Any]:
+def throughput(
+    url: str, headers: dict[str, str], payloads: Sequence[bytes], clients: int, seconds: float
+) -> dict[str, Any]:
     """``clients`` threads identify round-robin over ``payloads`` until ``seconds`` pass; photos/s and latency."""
     latencies: list[float] = []
     errors: list[int] = []
@@ -82,7 +84,7 @@ def throughput(url: str, payloads: Sequence[bytes], clients: int, seconds: float
     stop = time.perf_counter() + seconds
 
     def client(offset: int) -> None:
-        with httpx.Client(base_url=url + G, timeout=60, trust_env=False) as c:
+        with httpx.Client(base_url=url + G, timeout=60, trust_env=False, headers=headers) as c:
             i = offset
             while time.perf_counter() < stop:
                 data = payloads[i % len(payloads)]
@@ -113,11 +115,11 @@ def throughput(url: str, payloads: Sequence[bytes], clients: int, seconds: float
     }
 
 
-def sequential(url: str, payloads: Sequence[bytes], rounds: int) -> dict[str, Any]:
+def sequential(url: str, headers: dict[str, str], payloads: Sequence[bytes], rounds: int) -> dict[str, Any]:
     """One request at a time over ``payloads`` ``rounds`` times: p50/p99 and how many answers had a face."""
     latencies: list[float] = []
     with_face = 0
-    with httpx.Client(base_url=url + G, timeout=60, trust_env=False) as c:
+    with httpx.Client(base_url=url + G, timeout=60, trust_env=False, headers=headers) as c:
         c.post("/identify", files={"image": ("warm.jpg", payloads[0])})
         for _ in range(rounds):
             for data in payloads:
@@ -185,14 +187,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         migrate.upgrade(db.engine)
         db.dispose()
         with running_server(os.environ | env, tmp / "server.log", 300) as (url, _):
-            with httpx.Client(base_url=url + G, timeout=60, trust_env=False) as c:
+            headers = server_headers(env)
+            with httpx.Client(base_url=url + G, timeout=60, trust_env=False, headers=headers) as c:
                 for path in enrol:
                     ident = c.post("/identities", json={"external_id": path.parent.name}).json()["id"]
                     c.post(f"/identities/{ident}/faces", files={"image": (path.name, path.read_bytes())})
             payloads = [p.read_bytes() for p in probes]
-            throughput(url, payloads[:16], args.clients, 3.0)  # warm-up
-            report["facedb_250px"] = throughput(url, payloads, args.clients, args.seconds)
-            report["facedb_1080p"] = sequential(url, frames, rounds=3)
+            throughput(url, headers, payloads[:16], args.clients, 3.0)  # warm-up
+            report["facedb_250px"] = throughput(url, headers, payloads, args.clients, args.seconds)
+            report["facedb_1080p"] = sequential(url, headers, frames, rounds=3)
         report["dlib_250px_1_process"] = dlib_speed(args.dlib_python, probe_dir, 1)
         report["dlib_250px"] = dlib_speed(args.dlib_python, probe_dir, args.dlib_threads)
         report["dlib_1080p"] = dlib_speed(args.dlib_python, frame_dir, args.dlib_threads)

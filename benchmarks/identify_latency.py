@@ -324,10 +324,23 @@ def _tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:]
 
 
+def server_headers(env: dict[str, str]) -> dict[str, str]:
+    """The admin key a server started with ``env`` wrote on its first start, as request headers (the benchmarks
+    measure the API as clients use it: authenticated)."""
+    secret = (Path(env["FACEDB_DATA_DIR"]) / "admin.key").read_text().strip()
+    return {"Authorization": f"Bearer {secret}"}
+
+
 @contextlib.contextmanager
 def running_server(env: dict[str, str], log_path: Path, timeout_s: float) -> Iterator[tuple[str, float]]:
-    """Start uvicorn on a free loopback port; yield (base URL, seconds until /readyz said ready); always stop it."""
+    """Start uvicorn on a free loopback port; yield (base URL, seconds until /readyz said ready); always stop it.
+
+    Authentication stays on (clients send the bootstrap admin key, :func:`server_headers`); the per-key rate limit
+    is off unless ``env`` sets it, since the benchmarks measure the service, not the limiter.
+    """
     import httpx  # noqa: PLC0415
+
+    env = {"FACEDB_RATE_LIMIT_PER_S": "0", **env}
 
     port = _free_port()
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.api:create_app"]
@@ -383,7 +396,7 @@ def bench_http(
         lat: dict[int, list[int]] = {n: [] for n in all_sizes}
         with (
             running_server(env, Path(tmp) / "server.log", startup_timeout_s) as (url, startup_s),
-            httpx.Client(base_url=url, timeout=60.0, trust_env=False) as client,
+            httpx.Client(base_url=url, timeout=60.0, trust_env=False, headers=server_headers(env)) as client,
         ):
             for n in all_sizes:
                 got = client.get(f"/v1/galleries/{_gallery_name(n)}").raise_for_status().json()

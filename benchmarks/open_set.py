@@ -729,7 +729,7 @@ def http(
     who has a later photo that passes the gates (the issue's "enrol every identity" measurement)."""
     import httpx  # noqa: PLC0415
 
-    from benchmarks.identify_latency import running_server  # noqa: PLC0415
+    from benchmarks.identify_latency import running_server, server_headers  # noqa: PLC0415
     from service.db import migrate  # noqa: PLC0415
     from service.db.engine import Database  # noqa: PLC0415
 
@@ -747,7 +747,7 @@ def http(
         base = "/v1/galleries/default"
         with (
             running_server(os.environ | env, tmp / "server.log", 180) as (url, _),
-            httpx.Client(base_url=url + base, timeout=120, trust_env=False) as c,
+            httpx.Client(base_url=url + base, timeout=120, trust_env=False, headers=server_headers(env)) as c,
         ):
 
             def post_photo(path: str, photo: Path) -> httpx.Response:

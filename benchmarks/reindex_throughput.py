@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.identify_latency import DATA_ROOT, machine_info, running_server
+from benchmarks.identify_latency import DATA_ROOT, machine_info, running_server, server_headers
 from embedding.checkpoint import load_checkpoint, save_checkpoint, weights_version
 from embedding.embedder import dlib_resnet_model_path
 from embedding.facepath import decode_crop
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import httpx  # noqa: PLC0415
 
             def client() -> None:
-                with httpx.Client(base_url=url, timeout=30, trust_env=False) as c:
+                with httpx.Client(base_url=url, timeout=30, trust_env=False, headers=server_headers(env)) as c:
                     while not stop.is_set():
                         r = c.post(
                             "/v1/galleries/default/identify",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import sys
@@ -9,19 +10,22 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from embedding.errors import ImageError, ModelLoadError
-from service import schemas
+from service import auth, schemas
 from service.admin import AdminService
+from service.audit import AuditLog
 from service.core import DEFAULT_GALLERY, Upload
 from service.db import crud, migrate
 from service.db.engine import Database
-from service.db.models import ModelStatus, ModelVersion
+from service.db.models import ModelStatus, ModelVersion, as_utc, utcnow
 from service.errors import FacedbError
 from service.reindex import JobProgress
 from service.runtime import Runtime, build_runtime
@@ -34,6 +38,8 @@ db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 models_app = typer.Typer(help="Model versions: list, activate (roll back), retire.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 GalleryOpt = Annotated[str, typer.Option("--gallery", "-g", help="Gallery name.")]
 
@@ -50,6 +56,9 @@ def _clean_errors() -> Iterator[None]:
         yield
     except FacedbError as exc:
         raise _fail(f"{exc.message} [{exc.code}]") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise _fail(problems, 2) from None
     except (migrate.SchemaError, ModelLoadError) as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:
@@ -100,7 +109,14 @@ def serve(
     settings = Settings()
     with _database(check=True):
         pass
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        # uvicorn would trust X-Forwarded-For from 127.0.0.1 by default: only a configured proxy is believed.
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
 
 
 @db_app.command("upgrade")
@@ -174,6 +190,8 @@ def enroll(
                         )
                         rejected = result.rejected
                         accepted += len(result.accepted)
+                        face_ids = [a.face_id for a in result.accepted]
+                        _audit(rt.db, "enroll_faces", gallery=gallery, identity_id=identity.id, face_ids=face_ids)
                     except FacedbError as exc:
                         if exc.code != "no_face_enrolled":
                             raise
@@ -357,6 +375,110 @@ def models_retire(
         mv.status = ModelStatus.RETIRED
         removed = crud.delete_templates(session, model_version_id=mv.id) if purge else 0
     typer.echo(f"retired {mv.name}@{mv.version}" + (f"; deleted {removed} templates" if purge else ""))
+
+
+# --- API keys ------------------------------------------------------------------------------------------
+
+CLI_ACTOR = "cli"
+"""The audit log's key name for what the command line does straight in the database."""
+
+
+def _audit(db: Database, action: str, *, gallery: str | None = None, **target: object) -> None:
+    AuditLog(db, Settings()).record(
+        key_name=CLI_ACTOR,
+        action=action,
+        gallery=gallery,
+        target=target,
+        status=200,
+        outcome="ok",
+        client=f"local:{getpass.getuser()}",
+    )
+
+
+def _parse_expiry(text: str) -> datetime:
+    """``30d``, ``12h``, ``90m`` from now, or an ISO 8601 time (UTC unless it says otherwise)."""
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return utcnow() + timedelta(**{units[text[-1]]: int(text[:-1])})
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise FacedbError(
+            422, "invalid_expiry", f"--expires {text!r}: give 30d, 12h, 90m or an ISO 8601 time"
+        ) from None
+    return as_utc(at)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="A unique name; the audit log shows it.")],
+    scope: Annotated[list[str], typer.Option("--scope", help="admin, enroll, identify or read; repeat for several.")],
+    gallery: Annotated[
+        list[str] | None, typer.Option("--gallery", help="Only this gallery; repeat for several (not for admin).")
+    ] = None,
+    expires: Annotated[str | None, typer.Option(help="30d, 12h, 90m or an ISO 8601 time; default never.")] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Requests per second; default FACEDB_RATE_LIMIT_PER_S.", min=0.001)
+    ] = None,
+) -> None:
+    """Create an API key. Its secret is the last line printed, shown only this once."""
+    with _clean_errors():
+        body = schemas.ApiKeyCreate(
+            name=name,
+            scopes=scope,
+            galleries=gallery or None,
+            expires_at=_parse_expiry(expires) if expires else None,
+            rate_limit=rate,
+        )
+    with _database(check=True) as db:
+        key, secret = auth.create_key(
+            db,
+            name=body.name,
+            scopes=[auth.Scope(s) for s in body.scopes],
+            galleries=body.galleries,
+            expires_at=body.expires_at,
+            rate_limit=body.rate_limit,
+            created_by=CLI_ACTOR,
+        )
+        _audit(db, "create_key", key_id=key.id, name=key.name, scopes=key.scopes, galleries=key.galleries)
+    public = auth.key_public(key)
+    typer.echo(f"created key {public.id} {public.name!r}: scopes {', '.join(public.scopes)}", err=True)
+    typer.echo(f"galleries: {', '.join(public.galleries) if public.galleries else 'all'}", err=True)
+    typer.echo(f"expires: {public.expires_at.isoformat() if public.expires_at else 'never'}", err=True)
+    typer.echo("the secret follows; it is shown only now (send it as Authorization: Bearer <secret>):", err=True)
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Every key, revoked ones included; secrets are never shown again."""
+    with _database(check=True) as db:
+        keys = auth.list_keys(db)
+    if as_json:
+        typer.echo(keys.model_dump_json(indent=2))
+        return
+    for k in keys.items:
+        state = "revoked" if k.revoked_at else ("expires " + k.expires_at.isoformat() if k.expires_at else "active")
+        galleries = ",".join(k.galleries) if k.galleries else "*"
+        typer.echo(f"{k.id:>4}  {k.name:<24}  fdb_{k.prefix}_...  {','.join(k.scopes):<22}  {galleries:<16}  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or name.")]) -> None:
+    """Revoke a key: refused at once by new servers, within FACEDB_AUTH_CACHE_S by running ones."""
+    with _database(check=True) as db:
+        found = auth.find_key(db, key=key)
+        auth.revoke_key(db, key_id=found.id)
+        _audit(db, "revoke_key", key_id=found.id, name=found.name)
+    typer.echo(f"revoked key {found.id} {found.name!r}")
+
+
+@keys_app.command("crop-key")
+def keys_crop_key() -> None:
+    """Print a new random key for FACEDB_CROP_KEY (encryption of stored face crops); keep it as safe as the data."""
+    from service.crypto import new_key  # noqa: PLC0415 - only this command needs it
+
+    typer.echo(new_key())
 
 
 TRAINING_COMMANDS = ("train", "evaluate", "calibrate", "import-dlib", "export-onnx")

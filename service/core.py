@@ -32,6 +32,7 @@ from embedding.openset import OpenSetCalibration
 from index.gallery import Hit
 from service import registry, schemas
 from service.batching import MicroBatcher
+from service.crypto import CropCipher
 from service.db import crud
 from service.db.engine import Database
 from service.db.migrate import check_schema
@@ -110,6 +111,7 @@ class FaceService:
     ) -> None:
         self.settings = settings
         self.db = db
+        self.crops = CropCipher.from_setting(settings.crop_key)
         self.configured = embedder
         self.detector = detector
         self._batcher = batcher
@@ -237,7 +239,7 @@ class FaceService:
             return 0
         with self.db.read() as session:
             crops = {
-                f: decode_crop(c.data, aligned=c.aligned)
+                f: decode_crop(self.crops.open(f, c.data), aligned=c.aligned)
                 for f in face_ids
                 if (c := crud.face_crop(session, face_id=f)) is not None
             }
@@ -496,6 +498,7 @@ class FaceService:
                         image_hashes=[kept[i][1] for i in keep],
                         crops=[self._stored_crop(kept[i][2]) for i in keep],
                         detections=[kept[i][2].detection_record() for i in keep],
+                        seal=self.crops.seal,
                     )
                     return list(zip(keep, faces, strict=True))
             except IntegrityError as exc:  # the same image, enrolled by a concurrent request

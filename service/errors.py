@@ -8,12 +8,21 @@ from typing import Any
 class FacedbError(Exception):
     """An error with an HTTP status, a stable machine-readable code, and a human message."""
 
-    def __init__(self, status: int, code: str, message: str, *, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.headers = headers
 
 
 def not_found(what: str, key: object) -> FacedbError:

@@ -14,18 +14,19 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from embedding.embedder import Embedder
 from embedding.errors import ImageError
 from embedding.facepath import decode_crop
 from service import registry
+from service.crypto import CropCipher
 from service.db import crud
 from service.db.engine import Database
-from service.db.models import JobStatus, ModelStatus, ModelVersion, ReindexJob, utcnow
+from service.db.models import JobStatus, ModelStatus, ModelVersion, ReindexJob, as_utc, utcnow
 from service.errors import FacedbError
 from service.settings import Settings
 
@@ -60,6 +61,7 @@ class Reindexer:
     def __init__(self, *, db: Database, settings: Settings) -> None:
         self.db = db
         self.settings = settings
+        self.crops = CropCipher.from_setting(settings.crop_key)
 
     # --- registration ---------------------------------------------------------------------------------
 
@@ -92,7 +94,7 @@ class Reindexer:
             crud.lock_changes(session)
             job = crud.running_job(session)
             if job is not None:
-                age = (utcnow() - _aware(job.heartbeat_at)).total_seconds()
+                age = (utcnow() - as_utc(job.heartbeat_at)).total_seconds()
                 if age < self.settings.job_stale_s and job.worker != me:
                     raise FacedbError(
                         409,
@@ -132,11 +134,13 @@ class Reindexer:
         clock = _Rate(self._done(mv.id))
         try:
             for _ in range(MAX_PASSES):
-                self._pass(job_id, mv.id, embedder, clock, on_progress, stop)
+                embedded = self._pass(job_id, mv.id, embedder, clock, on_progress, stop)
                 if stop is not None and stop.is_set():
                     return self.progress(job_id, clock)
                 if self._try_switch(job_id, mv, allow_missing=allow_missing):
                     break
+                if embedded == 0:  # what is left failed in this pass and will fail in the next
+                    raise self._unreadable_crops(job_id)
             else:
                 raise FacedbError(409, "job_not_converging", "faces kept arriving without templates; run it again")
         except FacedbError as exc:
@@ -158,15 +162,16 @@ class Reindexer:
         clock: _Rate,
         on_progress: Callable[[JobProgress], None] | None,
         stop: threading.Event | None,
-    ) -> None:
-        after = 0
+    ) -> int:
+        """One sweep over the faces lacking a template of the version; returns how many it embedded."""
+        after, embedded = 0, 0
         while stop is None or not stop.is_set():
             with self.db.read() as session:
                 rows = crud.faces_missing_templates(
                     session, model_version_id=mv_id, after=after, limit=self.settings.reindex_batch_size
                 )
             if not rows:
-                return
+                return embedded
             after = rows[-1][0]
             ids, crops, errors = [], [], []
             for face_id, crop in rows:
@@ -174,11 +179,13 @@ class Reindexer:
                     errors.append({"face_id": face_id, "code": "no_crop", "message": "no stored crop"})
                     continue
                 try:
-                    crops.append(decode_crop(crop.data, aligned=crop.aligned).for_model(embedder.card.input))
+                    plain = self.crops.open(face_id, crop.data)
+                    crops.append(decode_crop(plain, aligned=crop.aligned).for_model(embedder.card.input))
                     ids.append(face_id)
                 except ImageError as exc:
                     errors.append({"face_id": face_id, "code": exc.code, "message": exc.message})
             x = embedder.embed(crops) if crops else None
+            embedded += len(ids)
             with self.db.write() as session:
                 if x is not None:
                     crud.insert_templates(session, model_version_id=mv_id, face_ids=ids, embeddings=x)
@@ -195,6 +202,20 @@ class Reindexer:
             clock.update(self._done(mv_id))
             if on_progress is not None:
                 on_progress(self.progress(job_id, clock))
+        return embedded
+
+    def _unreadable_crops(self, job_id: int) -> FacedbError:
+        with self.db.read() as session:
+            job = crud.get_job(session, job_id=job_id)
+            errors = list(job.errors) if job is not None else []
+        codes = Counter(str(e.get("code")) for e in errors)
+        summary = ", ".join(f"{c}: {n}" for c, n in codes.most_common())
+        hint = " (set the FACEDB_CROP_KEY they were stored with)" if "crop_encrypted" in codes else ""
+        return FacedbError(
+            409,
+            "faces_not_reindexable",
+            f"stored crops could not be re-embedded ({summary}){hint}; the job's errors name the faces",
+        )
 
     def _try_switch(self, job_id: int, mv: ModelVersion, *, allow_missing: bool) -> bool:
         """Activate the version if every face that can have a template has one; False to make another pass."""
@@ -244,7 +265,7 @@ class Reindexer:
         if clock is not None:
             rate = clock.rate()
         else:
-            elapsed = (_aware(job.heartbeat_at) - _aware(job.started_at)).total_seconds()
+            elapsed = (as_utc(job.heartbeat_at) - as_utc(job.started_at)).total_seconds()
             rate = job.done / elapsed if elapsed > 0 and job.status == JobStatus.RUNNING else None
         remaining = max(0, job.total - job.done - job.failed)
         eta = remaining / rate if rate and job.status == JobStatus.RUNNING else None
@@ -273,8 +294,3 @@ class _Rate:
     def rate(self) -> float | None:
         dt = self._t - self._t0
         return (self._done - self._start) / dt if dt > 0 and self._done > self._start else None
-
-
-def _aware(t: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every timestamp here is written in UTC.
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

@@ -11,6 +11,7 @@ from embedding.facepath import DetectorPool, build_detector
 from index import set_search_threads
 from service import registry
 from service.admin import AdminService
+from service.audit import AuditLog
 from service.batching import MicroBatcher
 from service.core import FaceService
 from service.db.engine import Database
@@ -28,6 +29,7 @@ class Runtime:
     batcher: MicroBatcher | None
     service: FaceService
     admin: AdminService
+    audit: AuditLog
 
     def sync_loop(self, stop: threading.Event) -> None:
         """Catch the index up with other processes' writes until ``stop``; snapshot it now and then."""
@@ -37,6 +39,7 @@ class Runtime:
                 self.service.sync()
                 if time.monotonic() - last_snapshot > self.settings.snapshot_interval_s:
                     self.service.indexes.save_snapshots()
+                    self.audit.purge()
                     last_snapshot = time.monotonic()
             except Exception:  # keep serving; the next round retries and readyz shows the lag
                 log.exception("index catch-up failed")
@@ -87,5 +90,10 @@ def build_runtime(settings: Settings, *, batching: bool = True) -> Runtime:
         db.dispose()
         raise
     return Runtime(
-        settings=settings, db=db, batcher=batcher, service=service, admin=AdminService(db=db, settings=settings)
+        settings=settings,
+        db=db,
+        batcher=batcher,
+        service=service,
+        admin=AdminService(db=db, settings=settings),
+        audit=AuditLog(db, settings),
     )

@@ -268,3 +268,63 @@ class JobPublic(BaseModel):
     heartbeat_at: datetime
     finished_at: datetime | None
     switch_seconds: float | None
+
+
+KeyName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")]
+ScopeName = Literal["admin", "enroll", "identify", "read"]
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: KeyName = Field(description="Unique; letters, digits, '_', '.', '@' and '-'; at most 64 characters.")
+    scopes: list[ScopeName] = Field(
+        min_length=1,
+        max_length=4,
+        description="admin: everything; enroll: create, change and delete identities and faces; identify: identify "
+        "and verify; read: listings and reads.",
+    )
+    galleries: list[GalleryName] | None = Field(
+        default=None, max_length=1000, description="Only these galleries (not for admin keys); null = every gallery."
+    )
+    expires_at: datetime | None = Field(default=None, description="When the key stops working; null = never.")
+    rate_limit: float | None = Field(
+        default=None, gt=0, le=1e6, description="Requests per second; null = the service's FACEDB_RATE_LIMIT_PER_S."
+    )
+
+
+class ApiKeyPublic(BaseModel):
+    id: int
+    name: str
+    prefix: str = Field(description="The public part of the secret (fdb_<prefix>_...), to tell keys apart.")
+    scopes: list[str]
+    galleries: list[str] | None
+    rate_limit: float | None
+    created_by: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    secret: str = Field(description="Send as `Authorization: Bearer <secret>`. Shown only now; only a hash is kept.")
+
+
+class ApiKeysPublic(BaseModel):
+    items: list[ApiKeyPublic]
+
+
+class AuditEventPublic(BaseModel):
+    id: int
+    at: datetime
+    key_name: str | None
+    action: str
+    gallery: str | None
+    target: dict[str, Any]
+    status: int
+    outcome: str = Field(description="ok, or the error code the caller got.")
+    client: str | None
+
+
+class AuditEventsPublic(BaseModel):
+    items: list[AuditEventPublic] = Field(description="Newest first.")
+    next_cursor: int | None = Field(description="Pass as `cursor` for older events; null on the last page.")

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embedding.quality import QualitySettings
@@ -130,6 +130,38 @@ class Settings(BaseSettings):
         description="Embedder intra-op threads (PyTorch or onnxruntime); empty = 1 when serving, else the runtime's.",
     )
 
+    auth: Literal["on", "off"] = Field(
+        default="on",
+        description="off: every /v1 route open to anyone who can reach the port, for local experiments only.",
+    )
+    admin_key_file: Path | None = Field(
+        default=None,
+        description="Where the first start writes the bootstrap admin key's secret (mode 0600) when no usable key "
+        "exists; empty = data_dir/admin.key.",
+    )
+    auth_cache_s: float = Field(
+        default=2.0, ge=0, description="How long a key is trusted without a database read (revocation elsewhere lag)."
+    )
+    rate_limit_per_s: float = Field(
+        default=100.0, ge=0, description="Requests per second per API key unless the key sets its own; 0 = no limit."
+    )
+    rate_limit_burst_s: float = Field(
+        default=2.0, gt=0, description="A key may burst this many seconds' worth of its rate at once."
+    )
+    audit_retention_days: float = Field(
+        default=365.0, gt=0, description="Audit events older than this are deleted (checked with each snapshot)."
+    )
+    crop_key: SecretStr | None = Field(
+        default=None,
+        description="Encrypt stored face crops (AES-256-GCM): 32 random bytes, base64 (`facedb keys crop-key` makes "
+        "one). Crops stored before stay readable; crops stored with it need it to re-index.",
+    )
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="Behind a TLS proxy: the proxy's address(es), whose X-Forwarded-For/-Proto are then trusted "
+        "(the audit log's client address comes from them).",
+    )
+
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -137,6 +169,10 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.default_top_k > self.max_top_k:
             raise ValueError("default_top_k must not exceed max_top_k")
+        if self.crop_key is not None:
+            from service.crypto import parse_key  # noqa: PLC0415 - keeps settings import light
+
+            parse_key(self.crop_key.get_secret_value())
         return self
 
     def landmarks_for(self, spec: InputSpec) -> LandmarkSource:
@@ -160,6 +196,11 @@ class Settings(BaseSettings):
         from embedding.embedder import default_model_path  # noqa: PLC0415 - keeps settings import light
 
         return default_model_path().parent
+
+    @property
+    def resolved_admin_key_file(self) -> Path:
+        """Where the bootstrap admin key's secret is written."""
+        return self.admin_key_file or self.data_dir / "admin.key"
 
     @property
     def resolved_index_dir(self) -> Path:

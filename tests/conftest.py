@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from embedding.detect import DlibDetector
+from service import auth
 from service.api import create_app
 from service.db import migrate
 from service.db.engine import Database
@@ -113,10 +115,35 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
+def admin_headers(settings: Settings) -> dict[str, str]:
+    """The bootstrap admin key a started app or server wrote (settings.data_dir/admin.key), as request headers."""
+    secret = settings.resolved_admin_key_file.read_text().strip()
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def new_key_headers(settings: Settings, name: str, *scopes: str, galleries: list[str] | None = None) -> dict[str, str]:
+    """Create an API key straight in the settings' database (as `facedb keys create` does), as request headers."""
+    db = Database(settings.resolved_database_url)
+    try:
+        _, secret = auth.create_key(db, name=name, scopes=[auth.Scope(s) for s in scopes], galleries=galleries)
+    finally:
+        db.dispose()
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@contextmanager
+def admin_client(settings: Settings, **kwargs: Any) -> Iterator[TestClient]:
+    """A client of a running app (lifespan entered) sending its bootstrap admin key."""
+    with TestClient(create_app(settings), **kwargs) as c:
+        if settings.auth == "on":
+            c.headers.update(admin_headers(settings))
+        yield c
+
+
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    """A client of a running app (lifespan entered) on a fresh database."""
-    with TestClient(create_app(settings)) as c:
+    """A client of a running app (lifespan entered) on a fresh database, with the admin key."""
+    with admin_client(settings) as c:
         yield c
 
 

@@ -7,9 +7,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from embedding.embedder import default_model_path, read_card
-from service.api import create_app
 from service.settings import Settings
-from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, image_bytes
+from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, admin_client, image_bytes
 
 G = "/v1/galleries/default"
 
@@ -214,13 +213,13 @@ def test_gallery_isolation_and_deletion(client: TestClient) -> None:
 
 def test_restart_keeps_everything(settings: Settings) -> None:
     """Writes survive a restart; deletions stay deleted; the index is rebuilt or reloaded to match."""
-    with TestClient(create_app(settings)) as c:
+    with admin_client(settings) as c:
         a, b = new_identity(c, "a"), new_identity(c, "b")
         second = enroll(c, a["id"], image_bytes(1), image_bytes(2))["accepted"][1]["face_id"]
         enroll(c, b["id"], image_bytes(3))
         before = identify(c, image_bytes(2))["candidates"][0]
         assert c.delete(f"{G}/identities/{b['id']}").status_code == 204
-    with TestClient(create_app(settings)) as c:
+    with admin_client(settings) as c:
         res = identify(c, image_bytes(3), top_k=5)
         assert [x["identity"]["external_id"] for x in res["candidates"]] == ["a"]
         after = identify(c, image_bytes(2))["candidates"][0]

@@ -12,9 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.api import create_app
 from service.settings import Settings
-from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, image_bytes
+from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, admin_client, image_bytes
 
 G = "/v1/galleries/default"
 
@@ -47,7 +46,7 @@ def small_limits_client(make_settings: Callable[..., Settings]) -> Iterator[Test
         max_images_per_request=4,
         max_top_k=10,
     )
-    with TestClient(create_app(settings)) as c:
+    with admin_client(settings) as c:
         yield c
 
 
@@ -319,7 +318,7 @@ def test_admin_model_path_that_is_not_a_model_is_422(make_settings: Callable[...
     models = tmp_path / "models"
     models.mkdir()
     (models / "fake.onnx").write_bytes(b"not an onnx graph")
-    with TestClient(create_app(make_settings(models_dir=models))) as c:
+    with admin_client(make_settings(models_dir=models)) as c:
         r = c.post("/v1/admin/reindex", json={"model_path": "fake.onnx"})
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == "model_file_invalid"

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from index.gallery import GalleryIndex
-from service.api import create_app
 from service.db.engine import Database
 from service.settings import Settings
-from tests.conftest import SYNTHETIC_ENROL, image_bytes
+from tests.conftest import SYNTHETIC_ENROL, admin_client, image_bytes
 
 G = "/v1/galleries/default"
 
@@ -40,7 +38,7 @@ def _snapshot_faces(settings: Settings) -> set[int]:
 def test_deleted_faces_leave_no_biometric_data(settings: Settings) -> None:
     db = Database(settings.resolved_database_url)
     try:
-        with TestClient(create_app(settings)) as c:
+        with admin_client(settings) as c:
             person = c.post(f"{G}/identities", json={"external_id": "p"}).json()["id"]
             files = [("image", (f"{i}.png", image_bytes(i), "image/png")) for i in range(3)]
             faces = [

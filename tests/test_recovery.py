@@ -19,7 +19,7 @@ from service import schemas
 from service.core import Upload
 from service.runtime import Runtime, build_runtime
 from service.settings import Settings
-from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, image_bytes, start_server
+from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, admin_client, admin_headers, image_bytes, start_server
 
 
 def start(settings: Settings) -> Runtime:
@@ -109,12 +109,8 @@ def test_snapshot_that_disagrees_with_the_database_is_rebuilt(settings: Settings
 
 
 def test_other_process_writes_reach_a_running_server(make_settings: Callable[..., Settings]) -> None:
-    from fastapi.testclient import TestClient
-
-    from service.api import create_app
-
     settings = make_settings(index_sync_interval_s=0.1)
-    with TestClient(create_app(settings)) as client:
+    with admin_client(settings) as client:
         writer = start(settings)  # as `facedb enroll` would, in its own process
         try:
             enroll_people(writer, 2, seed=7)
@@ -158,14 +154,15 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], tuple[su
 
 @pytest.mark.slow
 def test_sigkill_mid_enrolment_loses_no_acknowledged_face(
-    server: Callable[[], tuple[subprocess.Popen[bytes], str]],
+    server: Callable[[], tuple[subprocess.Popen[bytes], str]], settings: Settings
 ) -> None:
     proc, url = server()
+    headers = admin_headers(settings)
     acked: dict[int, int] = {}  # face id -> image seed
     stop = threading.Event()
 
     def writer() -> None:
-        with httpx.Client(base_url=url, timeout=10) as c:
+        with httpx.Client(base_url=url, timeout=10, headers=headers) as c:
             for i in range(10_000):
                 if stop.is_set():
                     return
@@ -195,7 +192,7 @@ def test_sigkill_mid_enrolment_loses_no_acknowledged_face(
     assert len(acked) >= 15
 
     _, url = server()
-    with httpx.Client(base_url=url, timeout=30) as c:
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as c:
         ready = c.get("/readyz").json()
         gallery = c.get("/v1/galleries/default").json()
         assert ready["checks"]["index_lag"] == 0

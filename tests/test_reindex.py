@@ -17,21 +17,19 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from embedding.checkpoint import load_checkpoint, save_checkpoint, weights_version
 from embedding.embedder import dlib_resnet_model_path
 from service import schemas
 from service.admin import AdminService
-from service.api import create_app
 from service.core import Upload
 from service.db import migrate
 from service.db.engine import Database
 from service.errors import FacedbError
 from service.runtime import Runtime, build_runtime
 from service.settings import Settings
-from tests.conftest import REPO, SYNTHETIC_ENROL, SYNTHETIC_PROBE, free_port, image_bytes
+from tests.conftest import REPO, SYNTHETIC_ENROL, SYNTHETIC_PROBE, admin_client, free_port, image_bytes, new_key_headers
 
 G = "/v1/galleries/default"
 
@@ -120,7 +118,7 @@ def test_identify_keeps_answering_during_reindex(make_settings: Callable[..., Se
     settings = make_settings(
         reindex_batch_size=3, index_sync_interval_s=0.05, identity_score="best", models_dir=model_b.parent
     )
-    with TestClient(create_app(settings)) as client:
+    with admin_client(settings) as client:
         for i in range(8):
             iid = client.post(f"{G}/identities", json={"external_id": f"q{i}"}).json()["id"]
             files = [("image", (f"{j}.png", image_bytes(100 * i + j), "image/png")) for j in range(3)]
@@ -278,6 +276,7 @@ def test_sigkill_mid_reindex_then_rerun(make_settings: Callable[..., Settings], 
 
 @pytest.fixture
 def two_servers(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Two servers on one database; an admin key made beforehand (in `settings.data_dir`'s place) serves both."""
     procs = []
     urls = []
     for i in range(2):
@@ -328,7 +327,8 @@ def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> float:
 @pytest.mark.slow
 def test_two_processes_agree(two_servers: tuple[str, str], settings: Settings, model_b: Path) -> None:
     """Two uvicorn processes on one database (PostgreSQL, or one SQLite file on one machine)."""
-    a, b = (httpx.Client(base_url=u + G, timeout=30) for u in two_servers)
+    headers = new_key_headers(settings, "test-admin", "admin")
+    a, b = (httpx.Client(base_url=u + G, timeout=30, headers=headers) for u in two_servers)
 
     def top(client: httpx.Client, seed: int) -> tuple[str | None, str]:
         body = client.post(

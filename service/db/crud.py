@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from service.db.models import (
+    ApiKey,
+    AuditEvent,
     Change,
     ChangeKind,
     Face,
@@ -186,10 +189,11 @@ def add_faces(
     image_hashes: Sequence[str],
     crops: Sequence[tuple[bytes, int, int, bool] | None],
     detections: Sequence[dict[str, Any] | None] | None = None,
+    seal: Callable[[int, bytes], bytes] | None = None,
 ) -> list[Face]:
     """Insert one face per image, with a template per model version (float32 (N, D) each), its crop
-    (PNG bytes, width, height, aligned; None when crops are not kept), its detection record, and log
-    each addition."""
+    (PNG bytes, width, height, aligned; None when crops are not kept; stored as ``seal(face_id, png)``), its
+    detection record, and log each addition."""
     detections = detections if detections is not None else [None] * len(image_hashes)
     faces = [
         Face(identity_id=identity.id, gallery_id=identity.gallery_id, image_sha256=h, detection=d)
@@ -200,9 +204,10 @@ def add_faces(
     face_ids = [f.id for f in faces]
     for model_version_id, x in templates.items():
         insert_templates(session, model_version_id=model_version_id, face_ids=face_ids, embeddings=x)
+    seal = seal or (lambda _face_id, data: data)
     session.add_all(
         [
-            FaceCrop(face_id=f, data=c[0], width=c[1], height=c[2], aligned=c[3])
+            FaceCrop(face_id=f, data=seal(f, c[0]), width=c[1], height=c[2], aligned=c[3])
             for f, c in zip(face_ids, crops, strict=True)
             if c is not None
         ]
@@ -483,3 +488,97 @@ def running_job(session: Session, *, model_version_id: int | None = None) -> Rei
 
 def list_jobs(session: Session, *, limit: int = 20) -> list[ReindexJob]:
     return list(session.scalars(select(ReindexJob).order_by(ReindexJob.id.desc()).limit(limit)))
+
+
+# --- API keys and the audit log ------------------------------------------------------------------------
+
+
+def create_api_key(
+    session: Session,
+    *,
+    name: str,
+    prefix: str,
+    secret_sha256: str,
+    scopes: list[str],
+    galleries: list[str] | None,
+    expires_at: datetime | None = None,
+    rate_limit: float | None = None,
+    created_by: str | None = None,
+) -> ApiKey:
+    key = ApiKey(
+        name=name,
+        prefix=prefix,
+        secret_sha256=secret_sha256,
+        scopes=scopes,
+        galleries=galleries,
+        expires_at=expires_at,
+        rate_limit=rate_limit,
+        created_by=created_by,
+    )
+    session.add(key)
+    session.flush()
+    return key
+
+
+def get_api_key(session: Session, *, key_id: int) -> ApiKey | None:
+    return session.get(ApiKey, key_id)
+
+
+def get_api_key_by_prefix(session: Session, *, prefix: str) -> ApiKey | None:
+    return session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+
+
+def get_api_key_by_name(session: Session, *, name: str) -> ApiKey | None:
+    return session.scalar(select(ApiKey).where(ApiKey.name == name))
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def count_usable_api_keys(session: Session, *, now: datetime) -> int:
+    """Keys neither revoked nor expired at ``now``."""
+    stmt = (
+        select(func.count())
+        .select_from(ApiKey)
+        .where(ApiKey.revoked_at.is_(None), or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now))
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def add_audit_event(session: Session, *, event: AuditEvent) -> None:
+    session.add(event)
+
+
+def list_audit_events(
+    session: Session,
+    *,
+    limit: int,
+    before: int | None = None,
+    action: str | None = None,
+    key_name: str | None = None,
+    gallery: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[AuditEvent]:
+    """Newest first: events with id < ``before`` matching every filter given."""
+    stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+    if before is not None:
+        stmt = stmt.where(AuditEvent.id < before)
+    if action is not None:
+        stmt = stmt.where(AuditEvent.action == action)
+    if key_name is not None:
+        stmt = stmt.where(AuditEvent.key_name == key_name)
+    if gallery is not None:
+        stmt = stmt.where(AuditEvent.gallery == gallery)
+    if since is not None:
+        stmt = stmt.where(AuditEvent.at >= since)
+    if until is not None:
+        stmt = stmt.where(AuditEvent.at < until)
+    return list(session.scalars(stmt))
+
+
+def purge_audit_events(session: Session, *, older_than: datetime) -> int:
+    """Delete events recorded before ``older_than``; returns how many."""
+    result = session.execute(delete(AuditEvent).where(AuditEvent.at < older_than))
+    return int(getattr(result, "rowcount", 0) or 0)

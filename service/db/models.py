@@ -43,6 +43,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """A timestamp read back from a column as UTC-aware (SQLite hands back naive datetimes; all are written in UTC)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -203,3 +208,42 @@ class Change(Base):
     face_id: Mapped[int | None] = mapped_column(BigInteger)
     model_version_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: a public prefix to find it by, the SHA-256 of its secret (never the secret), and its grants."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # None: every gallery; else the names of the galleries the key may touch.
+    galleries: Mapped[list[str] | None] = mapped_column(JSONType)
+    # Requests per second; None: the service's default.
+    rate_limit: Mapped[float | None] = mapped_column(Float)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """Who did what, where and with what outcome; never images or embeddings."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_at", "at"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    key_name: Mapped[str | None] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    gallery: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Ids the action was about or produced (identity_id, face_ids, matched identity, job_id, key_id...).
+    target: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    status: Mapped[int] = mapped_column(Integer)
+    # "ok", or the error code the caller got.
+    outcome: Mapped[str] = mapped_column(String(64))
+    client: Mapped[str | None] = mapped_column(String(128))
