@@ -13,9 +13,18 @@ CORRUPT_IMAGE: Final = "corrupt_image"
 IMAGE_TOO_MANY_PIXELS: Final = "image_too_many_pixels"
 DECOMPRESSION_BOMB: Final = "decompression_bomb"
 IMAGE_BAD_ASPECT: Final = "image_bad_aspect"
+IMAGE_SIDE_TOO_LONG: Final = "image_side_too_long"
 
 IMAGE_ERROR_CODES: Final[frozenset[str]] = frozenset(
-    {EMPTY_IMAGE, UNSUPPORTED_IMAGE, CORRUPT_IMAGE, IMAGE_TOO_MANY_PIXELS, DECOMPRESSION_BOMB, IMAGE_BAD_ASPECT}
+    {
+        EMPTY_IMAGE,
+        UNSUPPORTED_IMAGE,
+        CORRUPT_IMAGE,
+        IMAGE_TOO_MANY_PIXELS,
+        DECOMPRESSION_BOMB,
+        IMAGE_BAD_ASPECT,
+        IMAGE_SIDE_TOO_LONG,
+    }
 )
 
 

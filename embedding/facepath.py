@@ -137,9 +137,9 @@ class FaceRejectedError(Exception):
         return [f.code for f in self.failures]
 
 
-def decode(data: bytes, *, max_pixels: int, max_aspect: float | None = None) -> np.ndarray:
+def decode(data: bytes, *, max_pixels: int, max_aspect: float | None = None, max_side: int | None = None) -> np.ndarray:
     """Untrusted image bytes -> uint8 (H, W, 3) RGB; raises `ImageError` with a stable code."""
-    return decode_image(data, max_pixels=max_pixels, max_aspect=max_aspect)
+    return decode_image(data, max_pixels=max_pixels, max_aspect=max_aspect, max_side=max_side)
 
 
 def model_face(image: np.ndarray, landmarks: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -17,6 +17,7 @@ from embedding.errors import (
     DECOMPRESSION_BOMB,
     EMPTY_IMAGE,
     IMAGE_BAD_ASPECT,
+    IMAGE_SIDE_TOO_LONG,
     IMAGE_TOO_MANY_PIXELS,
     UNSUPPORTED_IMAGE,
     ImageError,
@@ -89,13 +90,16 @@ def _corrupt(exc: Exception) -> ImageError:
     return ImageError(CORRUPT_IMAGE, f"the image data is corrupt: {type(exc).__name__}: {exc}")
 
 
-def decode_image(data: bytes, *, max_pixels: int, max_aspect: float | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes, *, max_pixels: int, max_aspect: float | None = None, max_side: int | None = None
+) -> np.ndarray:
     """Decode an encoded image into an RGB array.
 
     Args:
         data: encoded JPEG, PNG, PBM/PGM/PPM, GIF, BMP or WebP bytes (untrusted).
         max_pixels: largest accepted width * height, checked from the header before decoding.
         max_aspect: largest accepted ratio of the longer side to the shorter (None: any), checked from the header.
+        max_side: longest accepted side in pixels (None: any), checked from the header.
 
     Returns:
         uint8 array of shape (H, W, 3), RGB, C-contiguous. Grey images are replicated to three
@@ -103,8 +107,9 @@ def decode_image(data: bytes, *, max_pixels: int, max_aspect: float | None = Non
         first frame of an animation is used, and the EXIF orientation is applied.
 
     Raises:
-        ImageError: with code `empty_image`, `unsupported_image`, `corrupt_image`,
-            `image_too_many_pixels` or `decompression_bomb`; never any other exception for bytes input.
+        ImageError: with code `empty_image`, `unsupported_image`, `corrupt_image`, `image_too_many_pixels`,
+            `image_bad_aspect`, `image_side_too_long` or `decompression_bomb`; never any other exception for bytes
+            input.
         ValueError: if `max_pixels` is not positive (a programming error, not a bad upload).
     """
     if max_pixels <= 0:
@@ -131,6 +136,8 @@ def decode_image(data: bytes, *, max_pixels: int, max_aspect: float | None = Non
             raise ImageError(CORRUPT_IMAGE, f"image declares an invalid size {width}x{height}")
         if width * height > max_pixels:
             raise _too_large_error(width, height, n_bytes, max_pixels)
+        if max_side is not None and max(width, height) > max_side:
+            raise ImageError(IMAGE_SIDE_TOO_LONG, f"image is {width}x{height}; its sides may be at most {max_side} px")
         if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
             raise ImageError(
                 IMAGE_BAD_ASPECT, f"image is {width}x{height}; its sides may differ by at most {max_aspect:g}x"

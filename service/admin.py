@@ -11,7 +11,7 @@ from embedding.errors import ModelLoadError
 from service import schemas
 from service.db import crud
 from service.db.engine import Database
-from service.db.models import ModelStatus, ModelVersion, ReindexJob
+from service.db.models import JobStatus, ModelStatus, ModelVersion, ReindexJob
 from service.errors import FacedbError
 from service.reindex import JobProgress, Reindexer
 from service.settings import Settings
@@ -103,6 +103,11 @@ class AdminService:
         self._thread = threading.Thread(target=work, name=f"facedb-reindex-{job_id}", daemon=True)
         self._thread.start()
         return self.get_job(job_id)
+
+    def running_jobs(self) -> list[ReindexJob]:
+        """Re-index jobs that are running now (their counters are what the job last wrote)."""
+        with self.db.read() as session:
+            return [j for j in crud.list_jobs(session, limit=20) if j.status == JobStatus.RUNNING]
 
     def get_job(self, job_id: int) -> schemas.JobPublic:
         with self.db.read() as session:

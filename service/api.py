@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Send
@@ -26,6 +28,9 @@ from service.audit import AuditLog
 from service.auth import ANONYMOUS, Authenticator, Caller, Scope
 from service.core import FaceService, Upload
 from service.errors import FacedbError
+from service.logs import RequestIdMiddleware
+from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.metrics import Metrics, MetricsMiddleware
 from service.runtime import Runtime, build_runtime
 from service.settings import Settings
 
@@ -58,7 +63,7 @@ _bearer = HTTPBearer(
 )
 
 
-def require(scope: Scope) -> Callable[..., Caller]:
+def require(scope: Scope | None) -> Callable[..., Caller]:
     """A dependency admitting callers whose key has ``scope`` (admin has every scope) and, on a route with a
     ``{gallery}``, may use that gallery: 403 ``insufficient_scope`` or ``gallery_forbidden`` otherwise. The key
     itself was checked by :class:`AuthMiddleware` before the body was read."""
@@ -71,7 +76,7 @@ def require(scope: Scope) -> Callable[..., Caller]:
         caller: Caller | None = getattr(request.state, "caller", None)
         if caller is None:  # the middleware was not in front of this route: fail closed
             raise FacedbError(401, "missing_api_key", "this route needs an API key")
-        if caller is not ANONYMOUS:
+        if caller is not ANONYMOUS and scope is not None:
             request.app.state.authenticator.authorize(caller, scope, request.path_params.get("gallery"))
         return caller
 
@@ -186,6 +191,16 @@ def healthz() -> schemas.HealthPublic:
     return schemas.HealthPublic(status="ok")
 
 
+@health.get("/metrics", include_in_schema=False)
+def metrics_route(request: Request, settings: SettingsDep) -> Response:
+    """Prometheus metrics; with FACEDB_METRICS_REQUIRE_KEY=true, only for a key with the read scope."""
+    if settings.metrics_require_key and settings.auth == "on":
+        authenticator: Authenticator = request.app.state.authenticator
+        caller = authenticator.authenticate(_bearer_secret(request.scope))
+        authenticator.authorize(caller, Scope.READ)
+    return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
 @health.get("/readyz", responses={503: {"model": schemas.HealthPublic}})
 def readyz(service: ServiceDep, response: Response) -> schemas.HealthPublic:
     """Model loaded, database reachable, index caught up with the database."""
@@ -208,6 +223,16 @@ def list_galleries(caller: ReadKey, service: ServiceDep) -> schemas.GalleriesPub
     """The galleries the key may use."""
     found = service.list_galleries()
     return schemas.GalleriesPublic(items=[g for g in found.items if caller.may_use(g.name)])
+
+
+@v1.get("/me", tags=["keys"])
+def who_am_i(caller: Annotated[Caller, Depends(require(None))]) -> schemas.CallerPublic:
+    """The key making this request: its name, scopes and galleries (any valid key may ask)."""
+    return schemas.CallerPublic(
+        name=caller.name,
+        scopes=sorted(s.value for s in caller.scopes),
+        galleries=sorted(caller.galleries) if caller.galleries is not None else None,
+    )
 
 
 @v1.get("/galleries/{gallery}", tags=["galleries"])
@@ -237,8 +262,14 @@ def list_identities(
     gallery: str,
     limit: Annotated[int, Query(description="Page size.")] = 100,
     cursor: Annotated[int | None, Query(ge=0, le=MAX_ID, description="`next_cursor` of the previous page.")] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=256, description="Only identities whose external_id or display_name contains this (any case)."
+        ),
+    ] = None,
 ) -> schemas.IdentitiesPublic:
-    return service.list_identities(gallery, limit=limit, cursor=cursor)
+    return service.list_identities(gallery, limit=limit, cursor=cursor, q=q)
 
 
 @v1.get("/galleries/{gallery}/identities/{identity_id}", tags=["identities"])
@@ -557,6 +588,8 @@ def install_error_handlers(app: FastAPI) -> None:
         response = error_response(exc)
         if response.status_code == 500:
             log.exception("unhandled error", exc_info=exc)
+        elif isinstance(exc, FacedbError) and exc.code == "overloaded":
+            app.state.metrics.overloaded.inc()
         return response
 
     for kind in (FacedbError, RequestValidationError, StarletteHTTPException, Exception):
@@ -599,10 +632,18 @@ class AuthMiddleware:
     without a valid key costs one hash and (at most every ``FACEDB_AUTH_CACHE_S``) one indexed read, never a body
     parse. Sets ``request.state.caller`` for the routes' scope checks."""
 
-    def __init__(self, app: ASGIApp, *, enabled: bool, authenticator: Callable[[], Authenticator]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        enabled: bool,
+        authenticator: Callable[[], Authenticator],
+        on_rate_limited: Callable[[], None] = lambda: None,
+    ) -> None:
         self.app = app
         self.enabled = enabled
         self.authenticator = authenticator
+        self.on_rate_limited = on_rate_limited
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -619,6 +660,8 @@ class AuthMiddleware:
             caller = await run_in_threadpool(authenticator.authenticate, secret)
             authenticator.throttle(caller)
         except FacedbError as exc:
+            if exc.code == "rate_limited":
+                self.on_rate_limited()
             client = scope.get("client")
             log.warning("refused %s %s from %s: %s", scope.get("method"), path, client[0] if client else None, exc.code)
             await error_response(exc)(scope, receive, send)
@@ -664,6 +707,8 @@ def create_app(
         runtime = factory(settings)
         app.state.runtime = runtime
         app.state.authenticator = Authenticator(runtime.db, settings)
+        metrics.watch(runtime)
+        runtime.service.on_stage = metrics.observe_stage
         _announce_auth(runtime, settings)
         stop = threading.Event()
         syncer = threading.Thread(target=runtime.sync_loop, args=(stop,), name="facedb-index-sync", daemon=True)
@@ -675,6 +720,7 @@ def create_app(
             syncer.join()
             runtime.close()
 
+    metrics = Metrics()
     app = FastAPI(
         title="facedb",
         version="0.1.0",
@@ -682,11 +728,49 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     install_error_handlers(app)
+    # Each add_middleware wraps the ones before it: request ids outermost, then metrics, then the key check (an
+    # unauthenticated request is answered before any other work), then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    # Added last, so outermost: an unauthenticated request is answered before any other work.
-    app.add_middleware(AuthMiddleware, enabled=settings.auth == "on", authenticator=lambda: app.state.authenticator)
+    app.add_middleware(
+        AuthMiddleware,
+        enabled=settings.auth == "on",
+        authenticator=lambda: app.state.authenticator,
+        on_rate_limited=metrics.rate_limited.inc,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=lambda: metrics)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(health)
     app.include_router(v1)
     app.include_router(admin)
+    _mount_console(app)
     return app
+
+
+CONSOLE_DIR = FilePath(__file__).resolve().parent / "console"
+CONSOLE_HEADERS = {
+    # Nothing but this server: no inline script, no CDN, no framing; blob: for the dropped photos it draws.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+class ConsoleFiles(StaticFiles):
+    """The console's static files, with a strict content security policy."""
+
+    async def get_response(self, path: str, scope: AsgiScope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(CONSOLE_HEADERS)
+        return response
+
+
+def _mount_console(app: FastAPI) -> None:
+    @app.get("/console", include_in_schema=False)
+    def console() -> RedirectResponse:
+        return RedirectResponse("/console/", status_code=308)
+
+    app.mount("/console/", ConsoleFiles(directory=CONSOLE_DIR, html=True), name="console")

@@ -16,10 +16,12 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
 from embedding.errors import ImageError, ModelLoadError
-from service import auth, schemas
+from service import auth, logs, schemas
 from service.admin import AdminService
 from service.audit import AuditLog
 from service.core import DEFAULT_GALLERY, Upload
@@ -61,13 +63,34 @@ def _clean_errors() -> Iterator[None]:
         raise _fail(problems, 2) from None
     except (migrate.SchemaError, ModelLoadError) as exc:
         raise _fail(str(exc)) from None
+    except DBAPIError as exc:
+        url = make_url(Settings().resolved_database_url).render_as_string(hide_password=True)
+        first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__
+        raise _fail(f"the database at {url} cannot be used: {first}") from None
     except OSError as exc:
         raise _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+
+
+def _require_database(settings: Settings) -> None:
+    """Refuse to work on a SQLite file that does not exist: opening it would silently create an empty database
+    (e.g. when run from another directory than the service, FACEDB_DATA_DIR being relative)."""
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    path = Path(url.database).resolve()
+    if not path.exists():
+        raise FacedbError(
+            404,
+            "database_not_found",
+            f"no database at {path} (FACEDB_DATA_DIR={settings.data_dir}, relative to {Path.cwd()}): run this "
+            "where the service runs, set FACEDB_DATA_DIR or FACEDB_DATABASE_URL, or create it with `facedb db upgrade`",
+        )
 
 
 @contextmanager
 def _runtime() -> Iterator[Runtime]:
     with _clean_errors():
+        _require_database(Settings())
         runtime = build_runtime(Settings(), batching=False)
     try:
         with _clean_errors():
@@ -77,9 +100,12 @@ def _runtime() -> Iterator[Runtime]:
 
 
 @contextmanager
-def _database(*, check: bool = False) -> Iterator[Database]:
-    """The configured database (schema checked if ``check``), errors as one line, the pool closed after."""
+def _database(*, check: bool = False, create: bool = False) -> Iterator[Database]:
+    """The configured database (schema checked if ``check``; a new SQLite file only if ``create``), errors as one
+    line, the pool closed after."""
     with _clean_errors():
+        if not create:
+            _require_database(Settings())
         db = Database(Settings().resolved_database_url)
         try:
             if check:
@@ -109,10 +135,13 @@ def serve(
     settings = Settings()
     with _database(check=True):
         pass
+    logs.configure(settings.log_format, settings.log_level)
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,
         port=port or settings.port,
+        log_config=None,  # logs.configure's handler: text or JSON, request ids on every line
+        access_log=False,  # RequestIdMiddleware writes one access line per request, with its id and key
         # uvicorn would trust X-Forwarded-For from 127.0.0.1 by default: only a configured proxy is believed.
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
@@ -122,7 +151,7 @@ def serve(
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Create or migrate the database schema (the URL comes from FACEDB_DATABASE_URL)."""
-    with _database() as db:
+    with _database(create=True) as db:
         migrate.upgrade(db.engine, revision)
         typer.echo(f"database at revision {migrate.current_revision(db.engine)} ({db.engine.url!r})")
 
@@ -155,10 +184,20 @@ def enroll(
     allow_mismatch: Annotated[
         bool, typer.Option(help="Add faces that do not look like the identity's other faces.")
     ] = False,
+    url: Annotated[
+        str | None, typer.Option(help="Enrol through a running server's API (e.g. http://127.0.0.1:8000).")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(envvar="FACEDB_API_KEY", help="API key for --url (enroll scope; or FACEDB_API_KEY).")
+    ] = None,
+    key_file: Annotated[
+        Path | None, typer.Option(help="A file holding the API key, e.g. facedb_data/admin.key.")
+    ] = None,
 ) -> None:
     """Enrol a folder: each sub-folder is one identity (its name is the external_id), each image one face.
 
-    Photos that fail the quality gates are reported with their reason and skipped."""
+    With --url it goes through a running server's API with an API key; without, straight into the configured
+    database (offline bulk work). Photos that fail the quality gates are reported with their reason and skipped."""
     if not directory.is_dir():
         raise _fail(f"{directory} is not a directory", 2)
     people = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -166,6 +205,27 @@ def enroll(
     total = sum(len(files) for _, files in jobs)
     if total == 0:
         raise _fail(f"no images found in sub-folders of {directory}", 2)
+    if url is not None:
+        if key is None and key_file is not None:
+            with _clean_errors():
+                key = key_file.read_text().strip()
+        if not key:
+            raise _fail("--url needs an API key: --key, --key-file or FACEDB_API_KEY", 2)
+        from service.remote import enroll_over_http  # noqa: PLC0415 - only this mode needs the client
+
+        with _clean_errors():
+            summary = enroll_over_http(
+                url,
+                key,
+                jobs,
+                gallery=gallery,
+                create_gallery=create_gallery,
+                detect=detect,
+                allow_conflict=allow_conflict,
+                allow_mismatch=allow_mismatch,
+            )
+        typer.echo(summary)
+        return
     accepted, reasons = 0, Counter[str]()
     with _runtime() as rt:
         service = rt.service

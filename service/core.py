@@ -7,7 +7,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -112,6 +113,7 @@ class FaceService:
         self.settings = settings
         self.db = db
         self.crops = CropCipher.from_setting(settings.crop_key)
+        self.on_stage: Callable[[str, float], None] = lambda _stage, _seconds: None
         self.configured = embedder
         self.detector = detector
         self._batcher = batcher
@@ -310,12 +312,14 @@ class FaceService:
             raise _duplicate_external_id(data.external_id, gallery) from exc
         return _identity_public(identity, gallery, 0)
 
-    def list_identities(self, gallery: str, *, limit: int, cursor: int | None) -> schemas.IdentitiesPublic:
+    def list_identities(
+        self, gallery: str, *, limit: int, cursor: int | None, q: str | None = None
+    ) -> schemas.IdentitiesPublic:
         if not 1 <= limit <= self.settings.max_page_size:
             raise FacedbError(422, "invalid_limit", f"limit must be between 1 and {self.settings.max_page_size}")
         with self.db.read() as session:
             g = self._gallery(session, gallery)
-            rows = crud.list_identities(session, gallery_id=g.id, limit=limit + 1, after=cursor)
+            rows = crud.list_identities(session, gallery_id=g.id, limit=limit + 1, after=cursor, contains=q or None)
             page = rows[:limit]
             counts = crud.face_counts(session, identity_ids=[r.id for r in page])
         return schemas.IdentitiesPublic(
@@ -456,14 +460,15 @@ class FaceService:
     def _enrolment_face(
         self, upload: Upload, *, detect: bool, multiple_faces: Literal["reject", "largest"] | None
     ) -> FaceImage:
-        image = decode(upload.data, max_pixels=self.settings.max_pixels, max_aspect=self.settings.max_aspect_ratio)
+        image = self._decode(upload)
         if not detect or self.detector is None:
             return whole_image(image, max_side=self.settings.crop_max_side)
         gates = self.settings.quality
         if multiple_faces is not None:
             gates = gates.model_copy(update={"multiple_faces": multiple_faces})
         try:
-            return enrolment_face(image, self.detector, gates)
+            with self._stage("detect"):
+                return enrolment_face(image, self.detector, gates)
         except FaceRejectedError as exc:
             raise FacedbError(422, exc.code, str(exc), details={"codes": exc.codes}) from exc
 
@@ -525,7 +530,8 @@ class FaceService:
         refs: dict[int, Identity] = {}
         t_conflict = self._conflict_threshold(serving, identity.gallery_id)
         if screen.conflict:
-            hits = serving.indexes.search(identity.gallery_id, x, 2, by="best")
+            with self._stage("search"):
+                hits = serving.indexes.search(identity.gallery_id, x, 2, by="best")
             others = sorted({h.identity_id for row in hits for h in row if h.identity_id != identity.id})
             refs = crud.identity_refs(session, identity_ids=others)
         t_mismatch = self._mismatch_threshold(serving)
@@ -580,7 +586,9 @@ class FaceService:
         decision = self._identify_threshold(serving, g.id, threshold)
         t = decision.threshold
         faces = self._probe_faces(upload, detect=detect)[:n_max]
-        hits = serving.indexes.search(g.id, self._embed_faces(serving.embedder, faces), k) if faces else []
+        x = self._embed_faces(serving.embedder, faces) if faces else None
+        with self._stage("search"):
+            hits = serving.indexes.search(g.id, x, k) if x is not None else []
         with self.db.read() as session:
             refs = crud.identity_refs(session, identity_ids=[h.identity_id for row in hits for h in row])
         results = []
@@ -650,12 +658,13 @@ class FaceService:
         """Every face of a probe photo, largest first, each with its quality measured (not gated)."""
         self._check_size(upload)
         try:
-            image = decode(upload.data, max_pixels=self.settings.max_pixels, max_aspect=self.settings.max_aspect_ratio)
+            image = self._decode(upload)
         except ImageError as exc:
             raise FacedbError(422, exc.code, f"{upload.filename or 'image'}: {exc.message}") from exc
         if not detect or self.detector is None:
             return [whole_image(image, max_side=self.settings.crop_max_side)]
-        return probe_faces(image, self.detector, self.settings.quality)
+        with self._stage("detect"):
+            return probe_faces(image, self.detector, self.settings.quality)
 
     def _largest_face(self, upload: Upload, *, detect: bool) -> FaceImage:
         faces = self._probe_faces(upload, detect=detect)
@@ -683,10 +692,30 @@ class FaceService:
 
     # --- helpers --------------------------------------------------------------------------------------
 
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        """Report the time spent in one stage of the face path (decode, detect, embed, search) to ``on_stage``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.on_stage(name, time.perf_counter() - started)
+
+    def _decode(self, upload: Upload) -> np.ndarray:
+        """RGB (H, W, 3) uint8 pixels of an upload, within the image limits (ImageError otherwise)."""
+        with self._stage("decode"):
+            return decode(
+                upload.data,
+                max_pixels=self.settings.max_pixels,
+                max_aspect=self.settings.max_aspect_ratio,
+                max_side=self.settings.max_side,
+            )
+
     def _embed(self, embedder: Embedder, images: Sequence[np.ndarray]) -> np.ndarray:
-        if self._batcher is not None:
-            return self._batcher.embed(embedder.embed, images)
-        return embedder.embed(images)
+        with self._stage("embed"):
+            if self._batcher is not None:
+                return self._batcher.embed(embedder.embed, images)
+            return embedder.embed(images)
 
     def _embed_faces(self, embedder: Embedder, faces: Sequence[FaceImage]) -> np.ndarray:
         """float32 (N, D): each face cut to the framing this embedder's model expects, then embedded."""

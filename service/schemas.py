@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -46,6 +46,12 @@ def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _utc(value: datetime) -> datetime:
+    """Every timestamp in and out is UTC with its zone (SQLite hands back naive ones; a naive input means UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
 GalleryName = Annotated[str, StringConstraints(pattern=GALLERY_NAME_PATTERN)]
 ExternalId = Annotated[
     str, StringConstraints(min_length=1, max_length=256, strip_whitespace=True), AfterValidator(_no_nul)
@@ -61,7 +67,7 @@ class GalleryCreate(BaseModel):
 
 class GalleryPublic(BaseModel):
     name: str
-    created_at: datetime
+    created_at: UtcDateTime
     identity_count: int
     face_count: int
 
@@ -93,8 +99,8 @@ class IdentityPublic(BaseModel):
     display_name: str | None
     metadata: dict[str, Any]
     face_count: int
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
 
 class IdentitiesPublic(BaseModel):
@@ -107,7 +113,7 @@ class FacePublic(BaseModel):
     identity_id: int
     image_sha256: str
     reindexable: bool = Field(description="Its crop is stored, so a new model can re-embed it.")
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class FacesPublic(BaseModel):
@@ -229,8 +235,8 @@ class ModelVersionPublic(BaseModel):
     default_threshold: float
     thresholds: dict[str, float]
     templates: int = Field(description="Faces that have a template of this version.")
-    created_at: datetime
-    activated_at: datetime | None
+    created_at: UtcDateTime
+    activated_at: UtcDateTime | None
 
 
 class ModelVersionsPublic(BaseModel):
@@ -264,9 +270,9 @@ class JobPublic(BaseModel):
     eta_s: float | None
     errors: list[dict[str, Any]]
     message: str | None
-    started_at: datetime
-    heartbeat_at: datetime
-    finished_at: datetime | None
+    started_at: UtcDateTime
+    heartbeat_at: UtcDateTime
+    finished_at: UtcDateTime | None
     switch_seconds: float | None
 
 
@@ -286,7 +292,7 @@ class ApiKeyCreate(BaseModel):
     galleries: list[GalleryName] | None = Field(
         default=None, max_length=1000, description="Only these galleries (not for admin keys); null = every gallery."
     )
-    expires_at: datetime | None = Field(default=None, description="When the key stops working; null = never.")
+    expires_at: UtcDateTime | None = Field(default=None, description="When the key stops working; null = never.")
     rate_limit: float | None = Field(
         default=None, gt=0, le=1e6, description="Requests per second; null = the service's FACEDB_RATE_LIMIT_PER_S."
     )
@@ -300,9 +306,9 @@ class ApiKeyPublic(BaseModel):
     galleries: list[str] | None
     rate_limit: float | None
     created_by: str | None
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
+    created_at: UtcDateTime
+    expires_at: UtcDateTime | None
+    revoked_at: UtcDateTime | None
 
 
 class ApiKeyCreated(ApiKeyPublic):
@@ -315,7 +321,7 @@ class ApiKeysPublic(BaseModel):
 
 class AuditEventPublic(BaseModel):
     id: int
-    at: datetime
+    at: UtcDateTime
     key_name: str | None
     action: str
     gallery: str | None
@@ -328,3 +334,9 @@ class AuditEventPublic(BaseModel):
 class AuditEventsPublic(BaseModel):
     items: list[AuditEventPublic] = Field(description="Newest first.")
     next_cursor: int | None = Field(description="Pass as `cursor` for older events; null on the last page.")
+
+
+class CallerPublic(BaseModel):
+    name: str = Field(description="The key's name.")
+    scopes: list[str]
+    galleries: list[str] | None = Field(description="null: every gallery.")

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Per image file.")
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="Whole HTTP request body.")
     max_pixels: int = Field(default=40_000_000, gt=0, description="Width x height of one decoded image.")
+    max_side: int = Field(
+        default=16384, ge=64, description="Longest side of one image, pixels (checked from the header before decoding)."
+    )
     max_aspect_ratio: float = Field(
         default=20.0, ge=1.0, description="Longer side over shorter side of one image (a 1x100000 strip is refused)."
     )
@@ -160,6 +163,15 @@ class Settings(BaseSettings):
         default=None,
         description="Behind a TLS proxy: the proxy's address(es), whose X-Forwarded-For/-Proto are then trusted "
         "(the audit log's client address comes from them).",
+    )
+
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Server log lines: text, or one JSON object per line; both carry the request id."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_require_key: bool = Field(
+        default=False,
+        description="true: /metrics needs an API key with the read scope (else open, like /healthz, for scrapers).",
     )
 
     host: str = "127.0.0.1"

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import create_engine, text
@@ -113,6 +114,12 @@ def make_settings(tmp_path: Path, db_url: str) -> Callable[..., Settings]:
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
+
+
+def api_operations(app: FastAPI) -> set[tuple[str, str]]:
+    """(METHOD, path template) of every operation in the app's OpenAPI schema (FastAPI no longer flattens included
+    routers into ``app.routes``, so the schema is the public list of what is served)."""
+    return {(method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item}
 
 
 def admin_headers(settings: Settings) -> dict[str, str]:

@@ -128,11 +128,22 @@ def get_identity_by_external_id(session: Session, *, gallery_id: int, external_i
     )
 
 
-def list_identities(session: Session, *, gallery_id: int, limit: int, after: int | None) -> list[Identity]:
-    """A page of identities ordered by id, starting after the cursor ``after``."""
+def list_identities(
+    session: Session, *, gallery_id: int, limit: int, after: int | None, contains: str | None = None
+) -> list[Identity]:
+    """A page of identities ordered by id, starting after the cursor ``after``; with ``contains``, only those whose
+    external_id or display_name contains it, in any case."""
     stmt = select(Identity).where(Identity.gallery_id == gallery_id)
     if after is not None:
         stmt = stmt.where(Identity.id > after)
+    if contains is not None:
+        pattern = "%" + contains.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        stmt = stmt.where(
+            or_(
+                func.lower(Identity.external_id).like(pattern, escape="\\"),
+                func.lower(Identity.display_name).like(pattern, escape="\\"),
+            )
+        )
     return list(session.scalars(stmt.order_by(Identity.id).limit(limit)))
 
 
