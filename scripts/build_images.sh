@@ -25,6 +25,13 @@ PORT="${PORT:-18431}"
 mkdir -p "$(dirname "$RESULTS")"
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
+# Behind a TLS-inspecting proxy pip inside the build needs the host's CA bundle (HOST_CA="" to skip).
+HOST_CA="${HOST_CA-/etc/ssl/certs/ca-certificates.crt}"
+CA_ARGS=()
+if [ -n "$HOST_CA" ] && [ -f "$HOST_CA" ]; then
+  CA_ARGS=(--volume "$HOST_CA:/run/host-ca.crt:ro" --build-arg PIP_CERT=/run/host-ca.crt)
+fi
+
 base() {
   if podman image exists "$BASE_IMAGE"; then
     log "base $BASE_IMAGE exists"
@@ -42,11 +49,13 @@ build_cpu() {
   local args=()
   if ls "$TORCH_WHEEL_DIR"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
     cp "$TORCH_WHEEL_DIR"/torch-2.13.0+cpu-*.whl docker/wheels/
-    args+=(--build-arg "TORCH_PIP_ARGS=--no-index --find-links /wheels")
+    # the local CPU wheel (2.13.0+cpu sorts above PyPI's 2.13.0), its dependencies from PyPI
+    args+=(--build-arg "TORCH_PIP_ARGS=--find-links /wheels")
   fi
   log "podman build facedb:cpu"
   local t0=$SECONDS
-  podman build --isolation=chroot --build-arg "BASE=$BASE_IMAGE" "${args[@]}" -f docker/Dockerfile -t facedb:cpu . >&2
+  podman build --isolation=chroot --format docker --build-arg "BASE=$BASE_IMAGE" "${CA_ARGS[@]}" "${args[@]}" \
+    -f docker/Dockerfile -t facedb:cpu . >&2
   CPU_BUILD_S=$((SECONDS - t0))
   rm -f docker/wheels/*.whl
 }
@@ -54,7 +63,8 @@ build_cpu() {
 build_cuda() {
   log "podman build facedb:cuda"
   local t0=$SECONDS
-  podman build --isolation=chroot --build-arg "BASE=$BASE_IMAGE" -f docker/Dockerfile.cuda -t facedb:cuda . >&2
+  podman build --isolation=chroot --format docker --build-arg "BASE=$BASE_IMAGE" "${CA_ARGS[@]}" \
+    -f docker/Dockerfile.cuda -t facedb:cuda . >&2
   CUDA_BUILD_S=$((SECONDS - t0))
 }
 
@@ -69,7 +79,7 @@ smoke_cpu() {
   mount --bind /proc "$root/proc"
   mount --bind /dev "$root/dev"
   cleanup_smoke() {
-    [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    if [ -n "${pid:-}" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
     umount "$root/proc" "$root/dev" 2>/dev/null || true
     podman umount "$ctr" >/dev/null || true
     podman rm "$ctr" >/dev/null || true

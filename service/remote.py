@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
 from facedb_client import Client
 from facedb_client import FacedbError as ClientError
 from facedb_client.types import RejectedFile
@@ -60,8 +61,8 @@ def enroll_over_http(
                         bar.update(len(batch))
     except ClientError as exc:
         raise FacedbError(exc.status, exc.code, f"{url}: {exc.message}") from None
-    except OSError as exc:  # httpx's connection errors are OSErrors underneath; say which server
-        raise FacedbError(503, "server_unreachable", f"{url}: {exc}") from None
+    except httpx.TransportError as exc:
+        raise FacedbError(503, "server_unreachable", f"{url}: {exc or type(exc).__name__}") from None
     summary = ", ".join(f"{code}: {n}" for code, n in reasons.most_common()) or "none"
     return f"{len(jobs)} identities, {accepted} faces accepted, {sum(reasons.values())} rejected ({summary})"
 

@@ -164,6 +164,9 @@ def test_enrol_a_folder_over_http(settings: Settings, tmp_path: Path) -> None:
         )
         out = facedb(*args, "--key", "fdb_000000000000_" + "x" * 43, env=remote, check=False)
         assert out.returncode == 1 and "invalid_api_key" in out.stderr and "Traceback" not in out.stderr
+        nowhere = [*args[:-1], "http://127.0.0.1:9", "--key-file", str(key_file)]
+        out = facedb(*nowhere, env=remote, check=False)
+        assert out.returncode == 1 and "server_unreachable" in out.stderr and "Traceback" not in out.stderr
         again = facedb(*args, env=remote | {"FACEDB_API_KEY": key_file.read_text().strip()})
         assert "0 faces accepted" in again.stdout and "duplicate_image: 6" in again.stdout
         with httpx.Client(base_url=url, headers=admin_headers(settings)) as c:
