@@ -446,12 +446,12 @@ def bench_http(
 
 def _model_dim() -> tuple[int | None, str]:
     """(embedding dim, model label) from the configured model's card; (None, reason) if it cannot load."""
+    from embedding.embedder import read_card  # noqa: PLC0415
     from embedding.errors import ModelLoadError  # noqa: PLC0415
-    from embedding.torch_embedder import TorchEmbedder  # noqa: PLC0415
 
     path = Settings().resolved_model_path
     try:
-        card = TorchEmbedder(path, device="cpu").card
+        card = read_card(path)  # .pt or .onnx (the default is SFace's .onnx)
     except ModelLoadError as exc:
         return None, str(exc)
     return card.embedding_dim, f"{card.name}@{card.version}"
