@@ -227,3 +227,20 @@ def start_server(
         except httpx.TransportError:
             pass
         time.sleep(0.1)
+
+
+@pytest.fixture
+def server_url(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """`facedb serve` in a child process on the test's database and data directory (as the README starts it); its
+    log is tmp_path/server.log. The server is killed afterwards."""
+    env = os.environ | {
+        "FACEDB_DATA_DIR": str(settings.data_dir),
+        "FACEDB_DATABASE_URL": settings.resolved_database_url,
+        "FACEDB_TORCH_THREADS": "1",
+    }
+    proc, url = start_server(env, tmp_path / "server.log")
+    try:
+        yield url
+    finally:
+        proc.kill()
+        proc.wait()

@@ -29,7 +29,6 @@ from tests.conftest import (
     admin_headers,
     api_operations,
     image_bytes,
-    start_server,
 )
 
 G = "/v1/galleries/default"
@@ -314,38 +313,28 @@ def test_audit_retention(settings: Settings) -> None:
 # --- a real server ----------------------------------------------------------------------------------
 
 
-def test_real_server_started_the_readme_way(settings: Settings, tmp_path: Path) -> None:
+def test_real_server_started_the_readme_way(server_url: str, settings: Settings, tmp_path: Path) -> None:
     """`facedb serve` with a data directory: the bootstrap key file, 401, 403, the admin key everywhere, the audit."""
-    env = os.environ | {
-        "FACEDB_DATA_DIR": str(settings.data_dir),
-        "FACEDB_DATABASE_URL": settings.resolved_database_url,
-        "FACEDB_TORCH_THREADS": "1",
-    }
-    proc, url = start_server(env, tmp_path / "server.log")
-    try:
-        admin = admin_headers(settings)
-        with httpx.Client(base_url=url, timeout=60) as c:
-            assert c.get("/healthz").status_code == 200
-            assert code(c.get("/v1/galleries")) == "missing_api_key"
-            made = c.post("/v1/admin/keys", json={"name": "reader", "scopes": ["read"]}, headers=admin)
-            reader = bearer(made.json()["secret"])
-            r = c.post(f"{G}/identities", json={"external_id": "x"}, headers=reader)
-            assert (r.status_code, code(r)) == (403, "insufficient_scope")
-            person = c.post(f"{G}/identities", json={"external_id": "x"}, headers=admin).json()["id"]
-            files = {"image": ("f.png", image_bytes(3), "image/png")}
-            r = c.post(f"{G}/identities/{person}/faces", files=files, data=SYNTHETIC_ENROL, headers=admin)
-            assert r.status_code == 201
-            probe = {"image": ("p.png", image_bytes(3), "image/png")}
-            assert c.post(f"{G}/identify", files=probe, data=SYNTHETIC_PROBE, headers=admin).json()["match"]
-            assert c.get(f"{G}/identities/{person}", headers=reader).status_code == 200
-            events = c.get("/v1/admin/audit", headers=admin).json()["items"]
-        assert [(e["key_name"], e["action"], e["client"]) for e in events[:4]] == [
-            ("admin", "identify", "127.0.0.1"),
-            ("admin", "enroll_faces", "127.0.0.1"),
-            ("admin", "create_identity", "127.0.0.1"),
-            ("reader", "create_identity", "127.0.0.1"),
-        ]
-        assert "admin.key" in (tmp_path / "server.log").read_text()
-    finally:
-        proc.kill()
-        proc.wait()
+    admin = admin_headers(settings)
+    with httpx.Client(base_url=server_url, timeout=60) as c:
+        assert c.get("/healthz").status_code == 200
+        assert code(c.get("/v1/galleries")) == "missing_api_key"
+        made = c.post("/v1/admin/keys", json={"name": "reader", "scopes": ["read"]}, headers=admin)
+        reader = bearer(made.json()["secret"])
+        r = c.post(f"{G}/identities", json={"external_id": "x"}, headers=reader)
+        assert (r.status_code, code(r)) == (403, "insufficient_scope")
+        person = c.post(f"{G}/identities", json={"external_id": "x"}, headers=admin).json()["id"]
+        files = {"image": ("f.png", image_bytes(3), "image/png")}
+        r = c.post(f"{G}/identities/{person}/faces", files=files, data=SYNTHETIC_ENROL, headers=admin)
+        assert r.status_code == 201
+        probe = {"image": ("p.png", image_bytes(3), "image/png")}
+        assert c.post(f"{G}/identify", files=probe, data=SYNTHETIC_PROBE, headers=admin).json()["match"]
+        assert c.get(f"{G}/identities/{person}", headers=reader).status_code == 200
+        events = c.get("/v1/admin/audit", headers=admin).json()["items"]
+    assert [(e["key_name"], e["action"], e["client"]) for e in events[:4]] == [
+        ("admin", "identify", "127.0.0.1"),
+        ("admin", "enroll_faces", "127.0.0.1"),
+        ("admin", "create_identity", "127.0.0.1"),
+        ("reader", "create_identity", "127.0.0.1"),
+    ]
+    assert "admin.key" in (tmp_path / "server.log").read_text()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from service.settings import Settings
-from tests.conftest import DATA_ROOT, REPO, admin_headers, require_data, start_server
+from tests.conftest import DATA_ROOT, REPO, admin_headers, require_data
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -35,21 +35,6 @@ def browser_page() -> Iterator[Any]:
             browser.close()
 
 
-@pytest.fixture
-def server(settings: Settings, tmp_path: Path) -> Iterator[str]:
-    env = os.environ | {
-        "FACEDB_DATA_DIR": str(settings.data_dir),
-        "FACEDB_DATABASE_URL": settings.resolved_database_url,
-        "FACEDB_TORCH_THREADS": "1",
-    }
-    proc, url = start_server(env, tmp_path / "server.log")
-    try:
-        yield url
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def _shot(page: Any, name: str, tmp_path: Path) -> None:
     folder = os.environ.get("FACEDB_SCREENSHOTS")
     target = (REPO / folder if folder else tmp_path) / f"console-{name}.png"
@@ -58,7 +43,7 @@ def _shot(page: Any, name: str, tmp_path: Path) -> None:
 
 
 def test_sign_in_enrol_and_identify_in_the_browser(
-    browser_page: Any, server: str, settings: Settings, tmp_path: Path
+    browser_page: Any, server_url: str, settings: Settings, tmp_path: Path
 ) -> None:
     photos = require_data(DATA_ROOT / "lfw" / "images" / "Colin_Powell")
     enrol = [str(photos / f"Colin_Powell_000{i}.jpg") for i in (1, 2)]
@@ -66,7 +51,7 @@ def test_sign_in_enrol_and_identify_in_the_browser(
     page = browser_page
     key = settings.resolved_admin_key_file.read_text().strip()
 
-    page.goto(f"{server}/console")
+    page.goto(f"{server_url}/console")
     page.fill("#key", "fdb_000000000000_" + "x" * 43)
     page.click("#signin-form button")
     page.wait_for_selector("#flash.error")
@@ -107,5 +92,5 @@ def test_sign_in_enrol_and_identify_in_the_browser(
 
     # the key lives in the tab's session storage, never in a cookie
     assert page.context.cookies() == []
-    with httpx.Client(base_url=server, headers=admin_headers(settings)) as c:
+    with httpx.Client(base_url=server_url, headers=admin_headers(settings)) as c:
         assert c.get("/v1/galleries/default").json()["face_count"] == 2

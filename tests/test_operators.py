@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from service.logs import JsonFormatter, RequestIdFilter
 from service.settings import Settings
-from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, admin_client, admin_headers, image_bytes, start_server
+from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, admin_client, admin_headers, image_bytes
 from tests.test_cli import facedb, make_people
 
 G = "/v1/galleries/default"
@@ -144,35 +144,24 @@ def test_cli_refuses_a_missing_sqlite_file_and_an_unreachable_database(tmp_path:
 
 
 @pytest.mark.slow
-def test_enrol_a_folder_over_http(settings: Settings, tmp_path: Path) -> None:
-    env = os.environ | {
-        "FACEDB_DATA_DIR": str(settings.data_dir),
-        "FACEDB_DATABASE_URL": settings.resolved_database_url,
-        "FACEDB_TORCH_THREADS": "1",
-    }
-    proc, url = start_server(env, tmp_path / "server.log")
-    try:
-        people = tmp_path / "people"
-        make_people(people, 3, 2)
-        key_file = settings.resolved_admin_key_file
-        # elsewhere: no database at hand, only the server's address and a key
-        remote = {k: v for k, v in os.environ.items() if not k.startswith("FACEDB_")}
-        args = ["enroll", str(people), "--no-detect", "--allow-conflict", "--allow-mismatch", "--url", url]
-        out = facedb(*args, "--key-file", str(key_file), env=remote)
-        assert "3 identities, 6 faces accepted, 1 rejected (unsupported_image: 1)" in out.stdout, (
-            out.stdout + out.stderr
-        )
-        out = facedb(*args, "--key", "fdb_000000000000_" + "x" * 43, env=remote, check=False)
-        assert out.returncode == 1 and "invalid_api_key" in out.stderr and "Traceback" not in out.stderr
-        nowhere = [*args[:-1], "http://127.0.0.1:9", "--key-file", str(key_file)]
-        out = facedb(*nowhere, env=remote, check=False)
-        assert out.returncode == 1 and "server_unreachable" in out.stderr and "Traceback" not in out.stderr
-        again = facedb(*args, env=remote | {"FACEDB_API_KEY": key_file.read_text().strip()})
-        assert "0 faces accepted" in again.stdout and "duplicate_image: 6" in again.stdout
-        with httpx.Client(base_url=url, headers=admin_headers(settings)) as c:
-            assert c.get(f"{G}").json()["face_count"] == 6
-            actions = [e["action"] for e in c.get("/v1/admin/audit", params={"action": "enroll_faces"}).json()["items"]]
-            assert len(actions) >= 6
-    finally:
-        proc.kill()
-        proc.wait()
+def test_enrol_a_folder_over_http(server_url: str, settings: Settings, tmp_path: Path) -> None:
+    url = server_url
+    people = tmp_path / "people"
+    make_people(people, 3, 2)
+    key_file = settings.resolved_admin_key_file
+    # elsewhere: no database at hand, only the server's address and a key
+    remote = {k: v for k, v in os.environ.items() if not k.startswith("FACEDB_")}
+    args = ["enroll", str(people), "--no-detect", "--allow-conflict", "--allow-mismatch", "--url", url]
+    out = facedb(*args, "--key-file", str(key_file), env=remote)
+    assert "3 identities, 6 faces accepted, 1 rejected (unsupported_image: 1)" in out.stdout, out.stdout + out.stderr
+    out = facedb(*args, "--key", "fdb_000000000000_" + "x" * 43, env=remote, check=False)
+    assert out.returncode == 1 and "invalid_api_key" in out.stderr and "Traceback" not in out.stderr
+    nowhere = [*args[:-1], "http://127.0.0.1:9", "--key-file", str(key_file)]
+    out = facedb(*nowhere, env=remote, check=False)
+    assert out.returncode == 1 and "server_unreachable" in out.stderr and "Traceback" not in out.stderr
+    again = facedb(*args, env=remote | {"FACEDB_API_KEY": key_file.read_text().strip()})
+    assert "0 faces accepted" in again.stdout and "duplicate_image: 6" in again.stdout
+    with httpx.Client(base_url=url, headers=admin_headers(settings)) as c:
+        assert c.get(f"{G}").json()["face_count"] == 6
+        actions = [e["action"] for e in c.get("/v1/admin/audit", params={"action": "enroll_faces"}).json()["items"]]
+        assert len(actions) >= 6
