@@ -136,12 +136,12 @@ def decode_image(
             raise ImageError(CORRUPT_IMAGE, f"image declares an invalid size {width}x{height}")
         if width * height > max_pixels:
             raise _too_large_error(width, height, n_bytes, max_pixels)
-        if max_side is not None and max(width, height) > max_side:
-            raise ImageError(IMAGE_SIDE_TOO_LONG, f"image is {width}x{height}; its sides may be at most {max_side} px")
         if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
             raise ImageError(
                 IMAGE_BAD_ASPECT, f"image is {width}x{height}; its sides may differ by at most {max_aspect:g}x"
             )
+        if max_side is not None and max(width, height) > max_side:
+            raise ImageError(IMAGE_SIDE_TOO_LONG, f"image is {width}x{height}; its sides may be at most {max_side} px")
         try:
             # Multi-frame files (GIF, WebP) are positioned on their first frame after open.
             # Truncated data fails here: ImageFile.LOAD_TRUNCATED_IMAGES is left False.

@@ -646,7 +646,7 @@ class AuthMiddleware:
         self.on_rate_limited = on_rate_limited
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
+        path = _route_path(scope)
         if scope["type"] != "http" or not (path == "/v1" or path.startswith("/v1/")):
             await self.app(scope, receive, send)
             return
@@ -668,6 +668,12 @@ class AuthMiddleware:
             return
         scope.setdefault("state", {})["caller"] = caller
         await self.app(scope, receive, send)
+
+
+def _route_path(scope: AsgiScope) -> str:
+    """The path the router matches: without the ``root_path`` a proxy prefix adds (e.g. ``--root-path /facedb``)."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _bearer_secret(scope: AsgiScope) -> str | None:

@@ -103,6 +103,13 @@ def test_every_v1_route_needs_a_key_and_health_stays_open(settings: Settings) ->
         assert c.get("/openapi.json").json()["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
+def test_a_proxy_prefix_does_not_bypass_the_key_check(settings: Settings) -> None:
+    with TestClient(create_app(settings), root_path="/facedb") as c:
+        r = c.get("/facedb/v1/galleries")
+        assert (r.status_code, code(r)) == (401, "missing_api_key")
+        assert c.get("/facedb/v1/galleries", headers=admin_headers(settings)).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [
