@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy.exc import IntegrityError
+
 from index.base import atomic_write_bytes
 from service import schemas
 from service.db import crud
@@ -95,20 +97,24 @@ def create_key(
     if Scope.ADMIN in scopes and galleries is not None:
         raise FacedbError(422, "admin_key_galleries", "an admin key reaches every gallery; it cannot be limited")
     made = new_secret()
-    with db.write() as session:
-        if crud.get_api_key_by_name(session, name=name) is not None:
-            raise FacedbError(409, "api_key_exists", f"an API key named {name!r} exists")
-        key = crud.create_api_key(
-            session,
-            name=name,
-            prefix=made.prefix,
-            secret_sha256=made.sha256,
-            scopes=sorted(set(scopes)),
-            galleries=sorted(set(galleries)) if galleries is not None else None,
-            expires_at=expires_at,
-            rate_limit=rate_limit,
-            created_by=created_by,
-        )
+    exists = FacedbError(409, "api_key_exists", f"an API key named {name!r} exists")
+    try:
+        with db.write() as session:
+            if crud.get_api_key_by_name(session, name=name) is not None:
+                raise exists
+            key = crud.create_api_key(
+                session,
+                name=name,
+                prefix=made.prefix,
+                secret_sha256=made.sha256,
+                scopes=sorted(set(scopes)),
+                galleries=sorted(set(galleries)) if galleries is not None else None,
+                expires_at=expires_at,
+                rate_limit=rate_limit,
+                created_by=created_by,
+            )
+    except IntegrityError as exc:  # the same name created by a concurrent request
+        raise exists from exc
     return key, made.secret
 
 

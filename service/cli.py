@@ -51,6 +51,16 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _problems(exc: ValidationError) -> str:
+    """A validation error in one line: ``field: message; ...`` (settings name themselves in their messages)."""
+    parts = []
+    for e in exc.errors()[:5]:
+        where = ".".join(map(str, e["loc"]))
+        message = str(e["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
 @contextmanager
 def _clean_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one line on stderr instead of a traceback."""
@@ -59,8 +69,7 @@ def _clean_errors() -> Iterator[None]:
     except FacedbError as exc:
         raise _fail(f"{exc.message} [{exc.code}]") from None
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
-        raise _fail(problems, 2) from None
+        raise _fail(_problems(exc), 2) from None
     except (migrate.SchemaError, ModelLoadError) as exc:
         raise _fail(str(exc)) from None
     except DBAPIError as exc:
@@ -559,4 +568,8 @@ def build_app(argv: list[str]) -> typer.Typer:
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    build_app(sys.argv[1:])()
+    try:
+        build_app(sys.argv[1:])()
+    except ValidationError as exc:  # a FACEDB_* setting (environment or .env) that does not validate
+        typer.secho(f"error: {_problems(exc)}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None

@@ -25,7 +25,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def browser_page() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is a dev dependency")
     if CHROMIUM is None:
-        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+        message = "no chromium on PATH (Debian: apt-get install chromium)"
+        if os.environ.get("FACEDB_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"the browser test is required here (FACEDB_REQUIRE_BROWSER=1) but there is {message}")
+        pytest.skip(message)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:

@@ -137,6 +137,9 @@ def test_cli_refuses_a_missing_sqlite_file_and_an_unreachable_database(tmp_path:
     out = facedb("db", "current", env=elsewhere, check=False)
     assert out.returncode == 1 and "no database at" in out.stderr and "facedb db upgrade" in out.stderr
     assert not (tmp_path / "nothing-here" / "facedb.sqlite3").exists()  # nothing was created
+    bad = os.environ | {"FACEDB_CROP_KEY": "short", "FACEDB_DATA_DIR": str(tmp_path)}
+    out = facedb("db", "current", env=bad, check=False)
+    assert out.returncode == 2 and out.stderr.strip() == "error: FACEDB_CROP_KEY must be base64", out.stderr
     down = os.environ | {"FACEDB_DATABASE_URL": "postgresql+psycopg://facedb:secret@127.0.0.1:9/none"}
     out = facedb("db", "current", env=down, check=False)
     assert out.returncode == 1 and "cannot be used" in out.stderr, out.stderr
