@@ -185,7 +185,7 @@ def ensure_bootstrap_key(db: Database, settings: Settings) -> Path | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # mkstemp makes the file 0600 before a byte is written; the rename keeps that mode.
         atomic_write_bytes(path, (made.secret + "\n").encode())
-    log.warning("no API key existed: created admin key %r; its secret is in %s (owner-only file)", name, path)
+    log.warning("no API key existed: created admin key %r; its secret is in %s (owner-only file)", name, path.resolve())
     return path
 
 
