@@ -1,0 +1,261 @@
+"""Search at scale on realistic vectors: FAISS index kinds beside exact search in the same run.
+
+Galleries are synthetic but follow real embeddings of the shared faces: the default model's embeddings of the
+shared data (`python -m benchmarks.open_set embed --models sface`, cached) give the mean and covariance of a
+person's centre and of a face around its centre; new people and faces are drawn from those Gaussians and
+normalised, so that genuine and impostor cosines have the real distributions (printed beside the real ones).
+Probes: half a new face of an enrolled person, half a stranger.
+
+    python -m benchmarks.search_scale --faces 100000 --kind hnsw --json
+
+prints one JSON object as its last line: kind, faces, p50_ms, p99_ms (one query, one thread), batch_p50_ms
+(64 queries), recall_at_1 and recall_at_5 against exact flat search in the same run, exact_p50_ms,
+memory_bytes (the serialised index) beside raw_bytes (the float32 vectors), build_s, and rank-1 and FNIR at the
+exact search's FPIR 1% threshold for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from benchmarks.open_set import CACHE, load_view
+
+KINDS: dict[str, str] = {
+    "flat": "Flat",
+    "fp16": "SQfp16",
+    "sq8": "SQ8",
+    "hnsw": "HNSW32,SQ8",
+    "hnsw_flat": "HNSW32,Flat",
+    "hnsw_fp16": "HNSW32,SQfp16",
+    "ivfpq": "IVF{nlist},PQ{pq}x8,RFlat",
+}
+"""FAISS factory strings (inner product) of the kinds compared; IVF sizes follow the gallery's."""
+
+
+@dataclass(frozen=True)
+class FaceModel:
+    """Statistics of real embeddings: person centres ~ N(centre_mean, centre_cov); a person's faces ~
+    normalise(centre + spread * N(0, face_cov)), with ``spread`` drawn per person from the real people's (some
+    people's photos vary far more than others')."""
+
+    centre_mean: np.ndarray
+    centre_chol: np.ndarray
+    face_chol: np.ndarray
+    spreads: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.centre_mean.shape[0])
+
+    def people(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """float32 (n, D) person centres (not normalised)."""
+        z = rng.standard_normal((n, self.dim)).astype(np.float32)
+        return np.asarray(self.centre_mean + z @ self.centre_chol.T, dtype=np.float32)
+
+    def spread(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """float32 (n,) per-person spreads, resampled from the real people's."""
+        return np.asarray(rng.choice(self.spreads, n), dtype=np.float32)
+
+    def faces(self, centres: np.ndarray, spread: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """float32 (N, D) unit faces, one per row of ``centres`` with its person's ``spread`` (N,)."""
+        z = rng.standard_normal(centres.shape).astype(np.float32)
+        x = centres + spread[:, None] * (z @ self.face_chol.T)
+        return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
+
+
+def fit_face_model(cache: Path, view: str = "sface") -> tuple[FaceModel, np.ndarray, np.ndarray]:
+    """The statistics of the cached real embeddings, with those embeddings' (unit (N, D), person (N,))."""
+    real = load_view(cache, view)
+    keep = real.found
+    x, who = real.x[keep], real.identity[keep]
+    names, person = np.unique(who, return_inverse=True)
+    counts = np.bincount(person)
+    several = counts[person] >= 2
+    x, person = x[several], person[several]
+    sums = np.zeros((len(names), x.shape[1]))
+    np.add.at(sums, person, x)
+    centres = sums[counts > 1] / counts[counts > 1][:, None]
+    residual = x - (sums / np.maximum(counts, 1)[:, None])[person]
+    # each person's residual size relative to everyone's (unbiased for their number of photos)
+    own = np.zeros(len(names))
+    np.add.at(own, person, (residual**2).sum(axis=1))
+    n = counts[counts > 1]
+    rms = np.sqrt(own[counts > 1] / (n - 1))
+    spreads = rms / np.sqrt((residual**2).sum(axis=1).sum() / (len(x) - len(n)))
+    jitter = 1e-6 * np.eye(x.shape[1])
+    model = FaceModel(
+        centre_mean=centres.mean(axis=0).astype(np.float32),
+        centre_chol=np.linalg.cholesky(np.cov(centres, rowvar=False) + jitter).astype(np.float32),
+        face_chol=np.linalg.cholesky(np.cov(residual, rowvar=False) + jitter).astype(np.float32),
+        spreads=spreads.astype(np.float32),
+    )
+    return model, x, person
+
+
+def cosine_quantiles(x: np.ndarray, person: np.ndarray, rng: np.random.Generator, pairs: int = 20000) -> dict[str, Any]:
+    """Quantiles (5, 50, 95 %) of genuine and impostor cosines over random pairs."""
+    a, b = rng.integers(0, len(x), pairs), rng.integers(0, len(x), pairs)
+    same = (person[a] == person[b]) & (a != b)
+    scores = np.einsum("ij,ij->i", x[a], x[b])
+    order = np.argsort(person, kind="stable")
+    starts = np.searchsorted(person[order], np.arange(person.max() + 1))
+    ends = np.searchsorted(person[order], np.arange(person.max() + 1), side="right")
+    gen = []
+    for p in rng.integers(0, person.max() + 1, pairs):
+        members = order[starts[p] : ends[p]]
+        if len(members) >= 2:
+            i, j = rng.choice(members, 2, replace=False)
+            gen.append(float(x[i] @ x[j]))
+    q = (5, 50, 95)
+    return {
+        "genuine": [round(float(v), 3) for v in np.percentile(gen, q)],
+        "impostor": [round(float(v), 3) for v in np.percentile(scores[~same], q)],
+    }
+
+
+@dataclass
+class Gallery:
+    x: np.ndarray
+    person: np.ndarray
+    probes: np.ndarray
+    probe_person: np.ndarray
+    """-1 for strangers."""
+
+
+def make_gallery(model: FaceModel, faces: int, per_person: int, queries: int, seed: int) -> Gallery:
+    rng = np.random.default_rng(seed)
+    people = max(1, faces // per_person)
+    centres, spread = model.people(people, rng), model.spread(people, rng)
+    person = np.repeat(np.arange(people), per_person)[:faces]
+    x = np.empty((faces, model.dim), dtype=np.float32)
+    for start in range(0, faces, 200_000):  # bounded temporary memory
+        rows = person[start : start + 200_000]
+        x[start : start + len(rows)] = model.faces(centres[rows], spread[rows], rng)
+    enrolled = rng.integers(0, people, queries // 2)
+    n_strangers = queries - len(enrolled)
+    strangers = model.faces(model.people(n_strangers, rng), model.spread(n_strangers, rng), rng)
+    probes = np.concatenate([model.faces(centres[enrolled], spread[enrolled], rng), strangers])
+    return Gallery(x, person, probes, np.concatenate([enrolled, np.full(len(strangers), -1)]))
+
+
+def build(kind: str, x: np.ndarray, seed: int, *, ef_search: int = 64) -> tuple[Any, float]:
+    """(index, seconds to train and add) for a kind over unit vectors x (N, D)."""
+    n, dim = x.shape
+    nlist = int(max(16, min(65536, 4 * np.sqrt(n))))
+    spec = KINDS[kind].format(nlist=nlist, pq=dim // 4)
+    started = time.perf_counter()
+    index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        train = x[np.random.default_rng(seed).choice(n, min(n, 64 * nlist), replace=False)]
+        index.train(train)
+    index.add(x)
+    concrete: Any = faiss.downcast_index(index)
+    if kind.startswith("hnsw"):
+        concrete.hnsw.efSearch = ef_search
+    if kind == "ivfpq":
+        faiss.extract_index_ivf(index).nprobe = 32
+        concrete.k_factor = 8
+    return index, time.perf_counter() - started
+
+
+def time_queries(index: Any, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Scores and ids (Q, k) and per-query milliseconds, one query per call."""
+    scores, ids, times = [], [], []
+    for q in probes:
+        started = time.perf_counter()
+        s, i = index.search(q[None, :], k)
+        times.append((time.perf_counter() - started) * 1000)
+        scores.append(s[0])
+        ids.append(i[0])
+    return np.array(scores), np.array(ids), times
+
+
+def batch_p50(index: Any, probes: np.ndarray, k: int, size: int = 64) -> float:
+    times = []
+    for start in range(0, len(probes) - size + 1, size):
+        started = time.perf_counter()
+        index.search(probes[start : start + size], k)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times)) if times else float("nan")
+
+
+def decisions(gallery: Gallery, scores: np.ndarray, ids: np.ndarray, threshold: float) -> dict[str, float]:
+    """Rank-1 and FNIR over the genuine probes at ``threshold`` (a match is the right person's face on top)."""
+    genuine = gallery.probe_person >= 0
+    top = gallery.person[np.maximum(ids[:, 0], 0)]
+    right = (top == gallery.probe_person) & (ids[:, 0] >= 0)
+    return {
+        "rank1": round(float(right[genuine].mean()), 4),
+        "fnir": round(float(1 - (right & (scores[:, 0] >= threshold))[genuine].mean()), 4),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    faiss.omp_set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    model, real_x, real_person = fit_face_model(args.cache)
+    gallery = make_gallery(model, args.faces, args.per_person, args.queries, args.seed)
+    synthetic = cosine_quantiles(gallery.x[:200_000], gallery.person[:200_000], rng)
+    exact, _ = build("flat", gallery.x, args.seed)
+    e_scores, e_ids, e_times = time_queries(exact, gallery.probes, 5)
+    strangers = gallery.probe_person < 0
+    threshold = float(np.quantile(e_scores[strangers, 0], 0.99))  # FPIR 1% under exact search
+    index, build_s = (exact, 0.0) if args.kind == "flat" else build(args.kind, gallery.x, args.seed, ef_search=args.ef)
+    scores, ids, times = time_queries(index, gallery.probes, 5)
+    return {
+        "kind": args.kind,
+        "factory": KINDS[args.kind],
+        "faces": args.faces,
+        "dim": model.dim,
+        "p50_ms": round(float(np.median(times)), 4),
+        "p99_ms": round(float(np.percentile(times, 99)), 4),
+        "batch_p50_ms": round(batch_p50(index, gallery.probes, 5), 3),
+        "recall_at_1": round(float((ids[:, 0] == e_ids[:, 0]).mean()), 4),
+        "recall_at_5": round(float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids, e_ids, strict=True)])), 4),
+        "exact_p50_ms": round(float(np.median(e_times)), 4),
+        "exact_p99_ms": round(float(np.percentile(e_times, 99)), 4),
+        "memory_bytes": int(faiss.serialize_index(index).nbytes),
+        "raw_bytes": int(gallery.x.nbytes),
+        "build_s": round(build_s, 2),
+        "threshold_fpir_1pct": round(threshold, 4),
+        "exact": decisions(gallery, e_scores, e_ids, threshold),
+        "approximate": decisions(gallery, scores, ids, threshold),
+        "cosines_real": cosine_quantiles(real_x, real_person, rng),
+        "cosines_synthetic": synthetic,
+        "threads": args.threads,
+        "ef_search": args.ef if args.kind.startswith("hnsw") else None,
+        "queries": args.queries,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--faces", type=int, default=100_000)
+    p.add_argument("--kind", choices=sorted(KINDS), default="hnsw")
+    p.add_argument("--per-person", type=int, default=5)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--ef", type=int, default=64, help="HNSW efSearch")
+    p.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads (the service's default is 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument("--json", action="store_true", help="only the JSON line")
+    args = p.parse_args(argv)
+    result = run(args)
+    if not args.json:
+        for key in ("kind", "faces", "p50_ms", "p99_ms", "recall_at_1", "exact_p50_ms", "memory_bytes", "raw_bytes"):
+            print(f"{key:>14}: {result[key]}", file=sys.stderr)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
