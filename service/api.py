@@ -482,7 +482,7 @@ def list_keys(caller: AdminKey, request: Request) -> schemas.ApiKeysPublic:
 
 @admin.get("/keys/{key_id}")
 def get_key(caller: AdminKey, request: Request, key_id: KeyId) -> schemas.ApiKeyPublic:
-    return auth.key_public(auth.find_key(request.app.state.runtime.db, key=str(key_id)))
+    return auth.key_public(auth.get_key(request.app.state.runtime.db, key_id=key_id))
 
 
 @admin.delete("/keys/{key_id}", status_code=204)

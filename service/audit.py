@@ -4,7 +4,7 @@ embeddings), kept in the database for ``FACEDB_AUDIT_RETENTION_DAYS``."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from service import schemas
@@ -67,8 +67,9 @@ class AuditLog:
                 action=action,
                 key_name=key_name,
                 gallery=gallery,
-                since=_utc(since),
-                until=_utc(until),
+                # SQLite compares the stored UTC times as text: a bound with another offset is converted first
+                since=as_utc(since) if since is not None else None,
+                until=as_utc(until) if until is not None else None,
             )
         page = rows[:limit]
         return schemas.AuditEventsPublic(
@@ -89,7 +90,7 @@ class AuditLog:
 def _public(event: AuditEvent) -> schemas.AuditEventPublic:
     return schemas.AuditEventPublic(
         id=event.id,
-        at=as_utc(event.at),
+        at=event.at,
         key_name=event.key_name,
         action=event.action,
         gallery=event.gallery,
@@ -98,10 +99,3 @@ def _public(event: AuditEvent) -> schemas.AuditEventPublic:
         outcome=event.outcome,
         client=event.client,
     )
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    """A filter bound in UTC: SQLite compares stored UTC times as text, so an offset must be applied first."""
-    if value is None:
-        return None
-    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)

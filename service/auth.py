@@ -127,9 +127,9 @@ def key_public(key: ApiKey) -> schemas.ApiKeyPublic:
         galleries=list(key.galleries) if key.galleries is not None else None,
         rate_limit=key.rate_limit,
         created_by=key.created_by,
-        created_at=as_utc(key.created_at),
-        expires_at=as_utc(key.expires_at) if key.expires_at is not None else None,
-        revoked_at=as_utc(key.revoked_at) if key.revoked_at is not None else None,
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+        revoked_at=key.revoked_at,
     )
 
 
@@ -138,12 +138,21 @@ def list_keys(db: Database) -> schemas.ApiKeysPublic:
         return schemas.ApiKeysPublic(items=[key_public(k) for k in crud.list_api_keys(session)])
 
 
+def get_key(db: Database, *, key_id: int) -> ApiKey:
+    """A key by id; 404 ``api_key_not_found``."""
+    with db.read() as session:
+        found = crud.get_api_key(session, key_id=key_id)
+    if found is None:
+        raise not_found("api_key", key_id)
+    return found
+
+
 def find_key(db: Database, *, key: str) -> ApiKey:
-    """A key by id or name; 404 ``api_key_not_found``."""
+    """A key by name, else by id (the CLI's `keys revoke NAME|ID`); 404 ``api_key_not_found``."""
     with db.read() as session:
         found = crud.get_api_key_by_name(session, name=key)
-        if found is None and key.isdigit() and int(key) <= 2**63 - 1:
-            found = crud.get_api_key(session, key_id=int(key))
+    if found is None and key.isdigit() and int(key) <= 2**63 - 1:
+        return get_key(db, key_id=int(key))
     if found is None:
         raise not_found("api_key", key)
     return found

@@ -51,10 +51,6 @@ class CropCipher:
         """The cipher for ``FACEDB_CROP_KEY`` (a pass-through when it is not set)."""
         return cls(parse_key(key.get_secret_value()) if key is not None else None)
 
-    @property
-    def enabled(self) -> bool:
-        return self._aead is not None
-
     def seal(self, face_id: int, data: bytes) -> bytes:
         """``data`` encrypted for the face ``face_id`` (unchanged without a key)."""
         if self._aead is None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from service.db.models import as_utc
 
 GALLERY_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 MAX_METADATA_BYTES: Final = 16 * 1024
@@ -46,12 +48,8 @@ def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def _utc(value: datetime) -> datetime:
-    """Every timestamp in and out is UTC with its zone (SQLite hands back naive ones; a naive input means UTC)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
+# Every timestamp in and out is UTC with its zone; a naive input means UTC.
+UtcDateTime = Annotated[datetime, AfterValidator(as_utc)]
 GalleryName = Annotated[str, StringConstraints(pattern=GALLERY_NAME_PATTERN)]
 ExternalId = Annotated[
     str, StringConstraints(min_length=1, max_length=256, strip_whitespace=True), AfterValidator(_no_nul)

@@ -184,6 +184,9 @@ def test_key_lifecycle(client: TestClient) -> None:
     assert code(client.post("/v1/admin/keys", json={"name": "y", "scopes": ["root"]})) == "validation_error"
     assert code(client.post("/v1/admin/keys", json={"name": "z", "scopes": []})) == "validation_error"
     assert code(client.get(f"/v1/admin/keys/{2**40}")) == "api_key_not_found"
+    digits = client.post("/v1/admin/keys", json={"name": "1", "scopes": ["read"]}).json()
+    assert client.get("/v1/admin/keys/1").json()["name"] == "admin"  # an id, never another key's name
+    assert client.get(f"/v1/admin/keys/{digits['id']}").json()["name"] == "1"
 
     assert client.delete(f"/v1/admin/keys/{created['id']}").status_code == 204
     assert code(client.get(f"{G}/identities", headers=door)) == "invalid_api_key"  # at once, despite the cache

@@ -44,8 +44,9 @@ def utcnow() -> datetime:
 
 
 def as_utc(value: datetime) -> datetime:
-    """A timestamp read back from a column as UTC-aware (SQLite hands back naive datetimes; all are written in UTC)."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    """A timestamp in UTC with its zone: naive ones are UTC (SQLite hands back naive datetimes; all are written in
+    UTC), aware ones are converted."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
