@@ -1,8 +1,24 @@
-"""FAISS-backed `VectorIndex`: an exact IndexIDMap2(IndexFlatIP) master on CPU, optional GPU replica."""
+"""FAISS-backed `VectorIndex` in several kinds: exact float32, scalar-quantised flat (fp16, int8), HNSW and IVF-PQ
+with exact re-ranking on the CPU; flat fp16 and IVF on a GPU.
+
+Every kind applies adds and removals at once, without a rebuild:
+
+- adds go straight into the kind's structure (HNSW links them in, IVF assigns them to a list); a kind that must be
+  trained first keeps its vectors in a small exact *staging* index until it holds ``min_train`` of them;
+- removals use FAISS's own ``remove_ids`` where the structure supports it and otherwise leave a *tombstone*: the
+  vector stays in the structure, invisible to searches (an ``IDSelector`` inside HNSW, or over-fetching and
+  filtering elsewhere), until `FaissIndex.compacted` builds a fresh index of the live vectors;
+- a GPU kind keeps an exact float32 master on the host (removal, reconstruction, snapshots) and a device copy for
+  search; adds are appended to the device copy and removals are masked there, so a change never copies the gallery.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import zipfile
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +35,82 @@ from index.base import (
     sorted_lookup,
 )
 
-__all__ = ["FaissIndex"]
+__all__ = ["KINDS", "FaissIndex", "IndexKind", "Tuning", "gpu_available", "set_search_threads"]
 
-# Largest k the FAISS GPU k-selection supports; bigger searches go to the CPU master.
+# FAISS's bundled type stubs lag its SWIG API (overloads, newer classes); these calls go through an untyped alias.
+_faiss: Any = faiss
+
+# Largest k the FAISS GPU k-selection supports; bigger searches go to the host master.
 _GPU_MAX_K = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class IndexKind:
+    """How one kind of index stores vectors and handles change."""
+
+    name: str
+    summary: str
+    approximate: bool
+    """Whether search may miss a true neighbour (scalar quantisation only perturbs scores, so fp16/sq8 are not)."""
+    gpu: bool
+    min_train: int
+    """Vectors needed before the structure can be trained; 0 = no training."""
+    native_remove: bool
+    """FAISS removes vectors from the structure itself; otherwise removals are tombstones until compaction."""
+    selector: bool
+    """Tombstones are filtered inside the search by an IDSelector (otherwise by over-fetching)."""
+
+
+def _kind(
+    name: str,
+    summary: str,
+    *,
+    approximate: bool = False,
+    gpu: bool = False,
+    min_train: int = 0,
+    native_remove: bool = True,
+    selector: bool = False,
+) -> IndexKind:
+    return IndexKind(name, summary, approximate, gpu, min_train, native_remove, selector)
+
+
+KINDS: dict[str, IndexKind] = {
+    k.name: k
+    for k in (
+        _kind("flat", "exact float32 (IndexFlatIP)"),
+        _kind("fp16", "exact search over float16 vectors (IndexScalarQuantizer fp16)"),
+        _kind("sq8", "exact search over int8 vectors (IndexScalarQuantizer 8-bit)", min_train=1000),
+        _kind(
+            "hnsw",
+            "HNSW graph over float16 vectors (IndexHNSWSQ fp16)",
+            approximate=True,
+            native_remove=False,
+            selector=True,
+        ),
+        _kind(
+            "ivfpq",
+            "IVF with PQ codes, short list re-ranked from float32 (IVF,PQ,RFlat)",
+            approximate=True,
+            min_train=10_000,
+            native_remove=False,
+        ),
+        _kind("gpu_flat", "exact search over float16 vectors on a GPU (GpuIndexFlatIP)", gpu=True),
+        _kind("gpu_ivf", "IVF-flat on a GPU (GpuIndexIVFFlat)", approximate=True, gpu=True, min_train=10_000),
+    )
+}
+"""Every kind by name."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """Build and search parameters of the approximate kinds (see benchmarks/README.md for how they were chosen)."""
+
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+    nprobe: int = 32
+    k_factor: int = 8
+    """IVF-PQ: how many candidates per result are re-ranked exactly."""
 
 
 def gpu_available() -> bool:
@@ -30,54 +118,153 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and int(faiss.get_num_gpus()) > 0
 
 
-class _GpuReplica:
-    """Read-only GPU copy of the master's flat storage, used for search only.
+def _nlist(n: int) -> int:
+    """IVF lists for n training vectors: about 4 sqrt(n), at least 16."""
+    return int(max(16, min(65536, 4 * np.sqrt(max(n, 1)))))
 
-    FAISS GPU indexes support neither remove_ids nor (for GpuIndexFlat) add_with_ids, so the CPU
-    master stays authoritative. The replica holds vectors in the master's positional order plus
-    a position -> id array, and is rebuilt from scratch on the next search after any change.
+
+def _exact(dim: int) -> Any:
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def _new_main(kind: IndexKind, dim: int, tuning: Tuning, n_train: int) -> Any:
+    """An empty (untrained) structure of `kind`, keyed by caller ids."""
+    ip = faiss.METRIC_INNER_PRODUCT
+    if kind.name in ("flat", "gpu_flat", "gpu_ivf"):  # GPU kinds: the host master is exact
+        return _exact(dim)
+    if kind.name == "fp16":
+        return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip))
+    if kind.name == "sq8":
+        return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, ip))
+    if kind.name == "hnsw":
+        hnsw = _faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, tuning.hnsw_m, ip)
+        hnsw.hnsw.efConstruction = tuning.ef_construction
+        return faiss.IndexIDMap2(hnsw)
+    if kind.name == "ivfpq":
+        pq = dim // 4 if dim % 4 == 0 else dim
+        return faiss.IndexIDMap2(faiss.index_factory(dim, f"IVF{_nlist(n_train)},PQ{pq}x8,RFlat", ip))
+    raise ValueError(f"unknown index kind {kind.name!r}")
+
+
+def _id_map(index: Any) -> npt.NDArray[np.int64]:
+    return faiss.vector_to_array(index.id_map).astype(np.int64)
+
+
+class _GpuCopy:
+    """Device copy of the live vectors for search: positions are append-only and removals mask positions.
+
+    Masked vectors stay on the device, so a search over-fetches by their number and filters them out; once they
+    are many, `FaissIndex.needs_compaction` asks for a fresh index (and so a fresh copy).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kind: IndexKind, dim: int, ids: npt.NDArray[np.int64], x: npt.NDArray[np.float32]) -> None:
         self._res: Any = faiss.StandardGpuResources()
-        self._index: Any = None
-        self._pos_to_id: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
+        self._kind = kind
+        self._index: Any = self._build(dim, x)
+        self._pos_to_id = ids.copy()
+        self._masked: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
 
-    def invalidate(self) -> None:
-        self._index = None
+    def _build(self, dim: int, x: npt.NDArray[np.float32]) -> Any:
+        if self._kind.name == "gpu_ivf":
+            cpu = faiss.index_factory(dim, f"IVF{_nlist(len(x))},Flat", faiss.METRIC_INNER_PRODUCT)
+            cpu.train(x)
+            index = faiss.index_cpu_to_gpu(self._res, 0, cpu)
+            index.add_with_ids(x, np.arange(len(x), dtype=np.int64))
+            return index
+        config = faiss.GpuIndexFlatConfig()
+        config.useFloat16 = True
+        index = _faiss.GpuIndexFlatIP(self._res, dim, config)
+        if len(x):
+            index.add(x)
+        return index
+
+    @property
+    def masked(self) -> int:
+        """Positions holding removed vectors."""
+        return int(self._masked.size)
+
+    def add(self, ids: npt.NDArray[np.int64], x: npt.NDArray[np.float32]) -> None:
+        start = self._pos_to_id.size
+        if self._kind.name == "gpu_ivf":
+            self._index.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
+        else:
+            self._index.add(x)
+        self._pos_to_id = np.concatenate([self._pos_to_id, ids])
+
+    def mask(self, ids: npt.NDArray[np.int64]) -> None:
+        """Hide every position holding one of ``ids`` (an id removed, added and removed again has two)."""
+        self._masked = np.union1d(self._masked, np.flatnonzero(np.isin(self._pos_to_id, ids)))
 
     def search(
-        self, master: Any, xq: npt.NDArray[np.float32], k: int
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Raw FAISS-style results for 1 <= k <= master.ntotal (ids -1 where FAISS found nothing)."""
-        if self._index is None:
-            self._index = faiss.index_cpu_to_gpu(self._res, 0, faiss.downcast_index(master.index))
-            self._pos_to_id = faiss.vector_to_array(master.id_map).astype(np.int64)
-        scores, pos = self._index.search(xq, k)
-        pos = np.asarray(pos, dtype=np.int64)
-        ids = np.where(pos >= 0, self._pos_to_id[np.maximum(pos, 0)], -1)
-        return np.asarray(scores, dtype=np.float32), ids
+        self, q: npt.NDArray[np.float32], k: int, nprobe: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None:
+        """Results (ids -1 where none) of the k best live vectors, or None when the GPU cannot fetch that many."""
+        fetch = min(k + self._masked.size, self._pos_to_id.size)
+        if fetch > _GPU_MAX_K:
+            return None
+        if self._kind.name == "gpu_ivf":
+            self._index.nprobe = nprobe
+        scores, pos = self._index.search(q, fetch)
+        s, p = _drop_ids(np.asarray(scores, dtype=np.float32), np.asarray(pos, dtype=np.int64), self._masked, k)
+        return s, np.where(p >= 0, self._pos_to_id[np.maximum(p, 0)], -1)
+
+
+def _drop_ids(
+    scores: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], dropped: npt.NDArray[np.int64], k: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """The first k results of each row whose ids are not in `dropped` (sorted), padded with -inf / -1."""
+    if dropped.size == 0:
+        return scores[:, :k], ids[:, :k]
+    out_s = np.full((ids.shape[0], k), -np.inf, dtype=np.float32)
+    out_i = np.full((ids.shape[0], k), -1, dtype=np.int64)
+    keep = (ids >= 0) & ~sorted_lookup(dropped, ids.ravel())[1].reshape(ids.shape)
+    for row in range(ids.shape[0]):
+        s, i = scores[row][keep[row]][:k], ids[row][keep[row]][:k]
+        out_s[row, : s.size], out_i[row, : i.size] = s, i
+    return out_s, out_i
+
+
+def _merge(
+    a: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]],
+    b: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]],
+    k: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Top k of two result sets (M, *) by score, empty slots (-1) last."""
+    s = np.concatenate([a[0], b[0]], axis=1)
+    i = np.concatenate([a[1], b[1]], axis=1)
+    s = np.where(i < 0, np.float32(-np.inf), s)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
 
 
 class FaissIndex:
-    """`VectorIndex` over `faiss.IndexIDMap2(faiss.IndexFlatIP(dim))`, keyed by the caller's ids.
+    """`VectorIndex` of one kind (see `KINDS`), keyed by the caller's ids. Not thread-safe; callers serialise access.
 
-    use_gpu: None = use a GPU search replica if one is available, True = require one
-    (RuntimeError otherwise), False = CPU only. Not thread-safe; callers serialise access.
+    Parts: ``main`` (the kind's structure; None until a kind that trains has ``min_train`` vectors), ``staging``
+    (exact; vectors waiting for training, and ids added again after a tombstone), ``tombstones`` (ids removed from
+    main but still inside it) and, for GPU kinds, a device copy used for search.
     """
 
-    def __init__(self, dim: int, *, use_gpu: bool | None = None) -> None:
+    def __init__(self, dim: int, *, kind: str = "flat", tuning: Tuning | None = None) -> None:
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
+        if kind not in KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; expected one of {sorted(KINDS)}")
         self._dim = dim
-        self._master: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        # Sorted copy of the stored ids for O(log n) duplicate checks without a Python set.
+        self._kind = KINDS[kind]
+        if self._kind.gpu and not gpu_available():
+            raise RuntimeError(f"index kind {kind!r} needs a GPU, and this faiss build has no GPU support or sees none")
+        self._tuning = tuning or Tuning()
+        self._main: Any = None if self._kind.min_train else _new_main(self._kind, dim, self._tuning, 0)
+        self._staging: Any = _exact(dim)
+        self._tombstones: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
+        # Sorted live ids for O(log n) duplicate checks without a Python set.
         self._sorted_ids: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
-        if use_gpu is None:
-            use_gpu = gpu_available()
-        elif use_gpu and not gpu_available():
-            raise RuntimeError("use_gpu=True but this faiss build has no GPU support or sees no GPU")
-        self._gpu: _GpuReplica | None = _GpuReplica() if use_gpu else None
+        self._gpu: _GpuCopy | None = None
+        self._selector: tuple[Any, Any] | None = None  # (IDSelectorNot, the batch it wraps) over the tombstones
+        self._ensure_gpu()
+
+    # --- properties -------------------------------------------------------------------------------
 
     @property
     def dim(self) -> int:
@@ -85,14 +272,54 @@ class FaissIndex:
         return self._dim
 
     @property
+    def kind(self) -> str:
+        """The kind's name (a key of `KINDS`)."""
+        return self._kind.name
+
+    @property
+    def tuning(self) -> Tuning:
+        """Build and search parameters."""
+        return self._tuning
+
+    @property
     def ntotal(self) -> int:
-        """Number of stored vectors."""
-        return int(self._master.ntotal)
+        """Number of live vectors."""
+        return int(self._sorted_ids.size)
 
     @property
     def uses_gpu(self) -> bool:
-        """Whether searches go to a GPU replica."""
-        return self._gpu is not None
+        """Whether searches go to a GPU copy."""
+        return self._kind.gpu
+
+    @property
+    def staged(self) -> int:
+        """Vectors in the exact staging index."""
+        return int(self._staging.ntotal)
+
+    @property
+    def tombstones(self) -> int:
+        """Removed vectors still inside the structure (or masked on the GPU)."""
+        return int(self._tombstones.size) + (self._gpu.masked if self._gpu is not None else 0)
+
+    @property
+    def needs_compaction(self) -> bool:
+        """Whether `compacted` would pay off: many tombstones, a large staging index, or IVF lists trained for a
+        gallery a quarter of today's size."""
+        n = max(self.ntotal, 1)
+        if self.tombstones > max(1000, n // 10):
+            return True
+        if self._main is not None and self.staged > max(10_000, n // 20):
+            return True
+        trained_for = self._tuning_trained_for()
+        return trained_for is not None and n > 4 * trained_for
+
+    def _tuning_trained_for(self) -> int | None:
+        if self._kind.name != "ivfpq" or self._main is None:
+            return None
+        nlist = int(faiss.extract_index_ivf(self._main.index).nlist)
+        return int((nlist / 4) ** 2)
+
+    # --- changes ----------------------------------------------------------------------------------
 
     def add(self, ids: npt.ArrayLike, x: npt.ArrayLike) -> None:
         """Add ids int64 (N,) >= 0 with vectors float32 (N, dim); ValueError (no change) on bad input."""
@@ -108,21 +335,74 @@ class FaissIndex:
         _, present = sorted_lookup(self._sorted_ids, ids_arr)
         if present.any():
             raise ValueError(f"ids already present: {ids_arr[present][:10].tolist()}")
-        self._master.add_with_ids(x_arr, ids_arr)
+        # An id whose old vector is a tombstone inside main must not go there again: the filter is by id.
+        staged = sorted_lookup(self._tombstones, ids_arr)[1] if self._main is not None else np.ones(ids_arr.size, bool)
+        if staged.any():
+            self._staging.add_with_ids(x_arr[staged], ids_arr[staged])
+        if (~staged).any():
+            self._main.add_with_ids(x_arr[~staged], ids_arr[~staged])
+        if self._gpu is not None:
+            self._gpu.add(ids_arr, x_arr)
         self._sorted_ids = np.union1d(self._sorted_ids, uniq)
-        self._invalidate_gpu()
+        if self._main is None and self.staged >= self._kind.min_train:
+            self._train_from_staging()
+        self._ensure_gpu()
+
+    def _train_from_staging(self) -> None:
+        """Train main on the staged vectors and move them into it."""
+        ids = _id_map(self._staging)
+        x = self._staging_vectors(ids)
+        main = _new_main(self._kind, self._dim, self._tuning, len(ids))
+        main.train(x)
+        main.add_with_ids(x, ids)
+        self._main = main
+        self._staging.reset()
+
+    def _ensure_gpu(self) -> None:
+        """Start the device copy once the host structure exists and (for IVF) can be trained."""
+        if self._kind.gpu and self._gpu is None and self._main is not None and self.ntotal >= self._kind.min_train:
+            ids = self.ids()
+            self._gpu = _GpuCopy(self._kind, self._dim, ids, self.reconstruct(ids))
+
+    def _staging_vectors(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        if ids.size == 0:
+            return np.empty((0, self._dim), dtype=np.float32)
+        return np.asarray(self._staging.reconstruct_batch(ids), dtype=np.float32).reshape(-1, self._dim)
 
     def remove(self, ids: npt.ArrayLike) -> int:
         """Remove ids int64 (N,); returns the number removed (unknown ids ignored)."""
         present = np.intersect1d(self._sorted_ids, as_ids(ids, allow_negative=True))
         if present.size == 0:
             return 0
-        removed = int(self._master.remove_ids(present))
+        in_staging = sorted_lookup(np.sort(_id_map(self._staging)), present)[1]
+        removed = int(self._staging.remove_ids(present[in_staging])) if in_staging.any() else 0
+        in_main = present[~in_staging]
+        if in_main.size:
+            if self._kind.native_remove:
+                removed += int(self._main.remove_ids(in_main))
+            else:
+                self._tombstones = np.union1d(self._tombstones, in_main)
+                self._selector = None
+                removed += int(in_main.size)
+        if self._gpu is not None:
+            self._gpu.mask(present)
         self._sorted_ids = np.setdiff1d(self._sorted_ids, present, assume_unique=True)
-        self._invalidate_gpu()
         if removed != present.size:
             raise IndexCorruptError(f"faiss removed {removed} of {present.size} ids known to be present")
         return removed
+
+    def reset(self) -> None:
+        """Remove everything (a trained structure keeps its training)."""
+        if self._main is not None:
+            self._main.reset()
+        self._staging.reset()
+        self._tombstones = np.empty(0, dtype=np.int64)
+        self._selector = None
+        self._sorted_ids = np.empty(0, dtype=np.int64)
+        self._gpu = None
+        self._ensure_gpu()
+
+    # --- search -----------------------------------------------------------------------------------
 
     def search(self, xq: npt.ArrayLike, k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Top-k for xq float32 (M, dim): scores float32 (M, k) descending, ids int64 (M, k); -1/-inf pads."""
@@ -135,64 +415,168 @@ class FaissIndex:
         kk = min(k, self.ntotal)
         if kk == 0 or m == 0:
             return scores, out_ids
-        if self._gpu is not None and kk <= _GPU_MAX_K:
-            s, i = self._gpu.search(self._master, q, kk)
+        found = self._gpu.search(q, kk, self._tuning.nprobe) if self._gpu is not None else None
+        if found is not None:  # the device copy holds every live vector
+            s, i = found
         else:
-            raw_s, raw_i = self._master.search(q, kk)
-            s, i = np.asarray(raw_s, dtype=np.float32), np.asarray(raw_i, dtype=np.int64)
+            s, i = self._search_main(q, kk)
+            if self.staged:
+                s, i = _merge((s, i), self._raw(self._staging, q, min(kk, self.staged)), kk)
         empty = i < 0
-        scores[:, :kk] = np.where(empty, np.float32(-np.inf), s)  # FAISS pads with -FLT_MAX
-        out_ids[:, :kk] = np.where(empty, -1, i)
+        scores[:, : s.shape[1]] = np.where(empty, np.float32(-np.inf), s)  # FAISS pads with -FLT_MAX
+        out_ids[:, : i.shape[1]] = np.where(empty, -1, i)
         return scores, out_ids
 
+    def _search_main(self, q: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        if self._main is None or self._main.ntotal == 0:
+            return np.empty((q.shape[0], 0), np.float32), np.empty((q.shape[0], 0), np.int64)
+        params = self._search_params(k)
+        if self._tombstones.size and self._kind.selector:
+            if self._selector is None:
+                batch = faiss.IDSelectorBatch(self._tombstones)
+                self._selector = (faiss.IDSelectorNot(batch), batch)
+            params.sel = self._selector[0]
+            return self._raw(self._main, q, k, params)
+        fetch = min(k + int(self._tombstones.size), int(self._main.ntotal))
+        s, i = self._raw(self._main, q, fetch, params)
+        return _drop_ids(s, i, self._tombstones, k)
+
+    def _search_params(self, k: int) -> Any:
+        if self._kind.name == "hnsw":
+            return _faiss.SearchParametersHNSW(efSearch=max(self._tuning.ef_search, k))
+        if self._kind.name == "ivfpq":
+            refine: Any = faiss.IndexRefineSearchParameters()
+            refine.k_factor = float(self._tuning.k_factor)
+            ivf = faiss.SearchParametersIVF()
+            ivf.nprobe = self._tuning.nprobe
+            refine.base_index_params = ivf
+            refine.keep_alive = ivf  # the C++ side only points at it
+            return refine
+        return None
+
+    @staticmethod
+    def _raw(index: Any, q: npt.NDArray[np.float32], k: int, params: Any = None) -> tuple[Any, Any]:
+        s, i = index.search(q, k, params=params) if params is not None else index.search(q, k)
+        return np.asarray(s, dtype=np.float32), np.asarray(i, dtype=np.int64)
+
+    # --- contents ---------------------------------------------------------------------------------
+
     def ids(self) -> npt.NDArray[np.int64]:
-        """All stored ids, int64 (ntotal,), ascending (a copy)."""
+        """All live ids, int64 (ntotal,), ascending (a copy)."""
         return self._sorted_ids.copy()
 
     def reconstruct(self, ids: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """Stored vectors float32 (N, dim) for ids int64 (N,); KeyError if any id is absent."""
+        """Stored vectors float32 (N, dim) for ids int64 (N,) (decoded, for quantised kinds); KeyError if absent."""
         ids_arr = as_ids(ids, allow_negative=True)
         _, found = sorted_lookup(self._sorted_ids, ids_arr)
         if not found.all():
             raise KeyError(f"ids not in index: {ids_arr[~found][:10].tolist()}")
+        out = np.empty((ids_arr.size, self._dim), dtype=np.float32)
         if ids_arr.size == 0:
-            return np.empty((0, self._dim), dtype=np.float32)
-        return np.asarray(self._master.reconstruct_batch(ids_arr), dtype=np.float32).reshape(-1, self._dim)
+            return out
+        staged = sorted_lookup(np.sort(_id_map(self._staging)), ids_arr)[1]
+        if staged.any():
+            out[staged] = self._staging_vectors(ids_arr[staged])
+        if (~staged).any():
+            out[~staged] = np.asarray(self._main.reconstruct_batch(ids_arr[~staged])).reshape(-1, self._dim)
+        return out
 
-    def reset(self) -> None:
-        """Remove everything."""
-        self._master.reset()
-        self._sorted_ids = np.empty(0, dtype=np.int64)
-        self._invalidate_gpu()
+    def compacted(self, *, kind: str | None = None, tuning: Tuning | None = None) -> FaissIndex:
+        """A new index of the live vectors, without tombstones or staging, of `kind` (default: this one's).
 
-    def serialize(self) -> npt.NDArray[np.uint8]:
-        """The master index in `faiss.write_index` format, uint8 (nbytes,)."""
-        return np.asarray(faiss.serialize_index(self._master), dtype=np.uint8)
+        Costs a full build; callers run it off the serving path and replay changes made meanwhile.
+        """
+        ids = self.ids()
+        return FaissIndex.from_vectors(
+            ids, self.reconstruct(ids), dim=self._dim, kind=kind or self._kind.name, tuning=tuning or self._tuning
+        )
 
     @classmethod
-    def deserialize(cls, data: bytes | npt.NDArray[np.uint8], *, use_gpu: bool | None = None) -> FaissIndex:
-        """Inverse of `serialize`; IndexCorruptError if unreadable or not IndexIDMap2(IndexFlatIP)."""
-        buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    def from_vectors(
+        cls,
+        ids: npt.ArrayLike,
+        x: npt.ArrayLike,
+        *,
+        dim: int | None = None,
+        kind: str = "flat",
+        tuning: Tuning | None = None,
+    ) -> FaissIndex:
+        """An index of `kind` holding ids int64 (N,) with vectors float32 (N, dim), trained on a sample of them."""
+        x_arr = np.asarray(x)
+        out = cls(dim if dim is not None else int(x_arr.shape[1]), kind=kind, tuning=tuning)
+        ids_arr = as_ids(ids)
+        x_arr = as_vectors(x_arr, out._dim)
+        min_train = out._kind.min_train
+        if min_train and ids_arr.size >= min_train and out._main is None:
+            main = _new_main(out._kind, out._dim, out._tuning, ids_arr.size)
+            rng = np.random.default_rng(0)
+            sample = rng.choice(ids_arr.size, min(ids_arr.size, 64 * _nlist(ids_arr.size)), replace=False)
+            main.train(x_arr[np.sort(sample)])
+            out._main = main
+        out.add(ids_arr, x_arr)
+        return out
+
+    # --- persistence ------------------------------------------------------------------------------
+
+    def serialize(self) -> npt.NDArray[np.uint8]:
+        """kind, tuning, main and staging (`faiss.write_index` format) and tombstones in one `.npz`, uint8 (nbytes,)."""
+        parts: dict[str, npt.NDArray[Any]] = {
+            "kind": np.frombuffer(self._kind.name.encode(), dtype=np.uint8),
+            "tuning": np.frombuffer(json.dumps(asdict(self._tuning)).encode(), dtype=np.uint8),
+            "main": _serialize(self._main) if self._main is not None else np.empty(0, np.uint8),
+            "staging": _serialize(self._staging),
+            "tombstones": self._tombstones,
+        }
+        buf = io.BytesIO()
+        np.savez(buf, allow_pickle=False, **parts)
+        return np.frombuffer(buf.getbuffer(), dtype=np.uint8).copy()
+
+    @classmethod
+    def deserialize(cls, data: bytes | npt.NDArray[np.uint8], *, kind: str | None = None) -> FaissIndex:
+        """Inverse of `serialize`; IndexCorruptError if unreadable or inconsistent. ``kind``, if given, must match."""
+        raw = bytes(data) if not isinstance(data, bytes) else data
         try:
-            raw: Any = faiss.deserialize_index(buf)
-        except (RuntimeError, MemoryError) as exc:  # truncated/garbage data, absurd sizes
-            raise IndexCorruptError(f"unreadable faiss index: {exc}") from exc
-        master: Any = faiss.downcast_index(raw)
-        # downcast_index returns a non-owning proxy; move ownership so the index outlives `raw`.
-        raw.this.disown()
-        master.this.acquire()
-        if not isinstance(master, faiss.IndexIDMap2):
-            raise IndexCorruptError(f"expected IndexIDMap2, got {type(master).__name__}")
-        flat = faiss.downcast_index(master.index)
-        if not isinstance(flat, faiss.IndexFlat) or flat.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise IndexCorruptError(f"expected an inner-product IndexFlat inside, got {type(flat).__name__}")
-        ids = faiss.vector_to_array(master.id_map).astype(np.int64)
-        sorted_ids = np.unique(ids)
-        if ids.size != master.ntotal or sorted_ids.size != ids.size or (ids.size and sorted_ids[0] < 0):
-            raise IndexCorruptError("faiss index ids are inconsistent (count, duplicates or negatives)")
-        out = cls(int(master.d), use_gpu=use_gpu)
-        out._master = master
-        out._sorted_ids = sorted_ids
+            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+                parts = {name: npz[name] for name in ("kind", "tuning", "main", "staging", "tombstones")}
+            stored_kind = parts["kind"].tobytes().decode()
+            tuning = Tuning(**json.loads(parts["tuning"].tobytes().decode()))
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            raise IndexCorruptError(f"unreadable index file: {exc}") from exc
+        if stored_kind not in KINDS or (kind is not None and stored_kind != kind):
+            raise IndexCorruptError(f"index kind {stored_kind!r} is not the expected {kind!r}")
+        staging = _deserialize(parts["staging"], faiss.IndexIDMap2)
+        main = _deserialize(parts["main"], faiss.IndexIDMap2) if parts["main"].size else None
+        tomb = np.asarray(parts["tombstones"])
+        if tomb.dtype != np.int64 or tomb.ndim != 1 or not np.array_equal(tomb, np.unique(tomb)):
+            raise IndexCorruptError("tombstones must be sorted unique int64")
+        dim = int(staging.d)
+        kind_spec = KINDS[stored_kind]
+        if main is not None and (
+            int(main.d) != dim
+            or _inner_type(main) is not _inner_type(_new_main(kind_spec, dim, replace(Tuning(), hnsw_m=4), 0))
+        ):
+            raise IndexCorruptError(f"index structure does not match kind {stored_kind!r}")
+        if main is None and not kind_spec.min_train:
+            raise IndexCorruptError(f"kind {stored_kind!r} needs its structure")
+        main_ids = _id_map(main) if main is not None else np.empty(0, np.int64)
+        staged_ids = _id_map(staging)
+        live_main = np.setdiff1d(main_ids, tomb)
+        if (
+            np.unique(main_ids).size != main_ids.size
+            or not np.isin(tomb, main_ids).all()
+            or np.unique(staged_ids).size != staged_ids.size
+            or np.intersect1d(live_main, staged_ids).size
+        ):
+            raise IndexCorruptError("faiss index ids are inconsistent (duplicates or stray tombstones)")
+        live = np.union1d(live_main, staged_ids)
+        if live.size and live[0] < 0:
+            raise IndexCorruptError("negative id in index")
+        if kind_spec.gpu and not gpu_available():
+            raise IndexCorruptError(f"the snapshot is of GPU kind {stored_kind!r} and no GPU is available")
+        out = cls(dim, kind=stored_kind, tuning=tuning)
+        out._main, out._staging, out._tombstones, out._sorted_ids = main, staging, tomb, live
+        out._gpu = None
+        out._ensure_gpu()
         return out
 
     def save(self, path: Path) -> str:
@@ -200,19 +584,44 @@ class FaissIndex:
         return atomic_write_bytes(path, self.serialize().data)
 
     @classmethod
-    def load(cls, path: Path, *, expected_sha256: str | None = None, use_gpu: bool | None = None) -> FaissIndex:
-        """Read an index written by `save`; IndexCorruptError on I/O error, checksum mismatch or bad type."""
+    def load(cls, path: Path, *, expected_sha256: str | None = None, kind: str | None = None) -> FaissIndex:
+        """Read an index written by `save`; IndexCorruptError on I/O error, checksum mismatch or bad contents."""
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
             raise IndexCorruptError(f"cannot read {path}: {exc}") from exc
         if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
             raise IndexCorruptError(f"sha256 mismatch for {path}")
-        return cls.deserialize(data, use_gpu=use_gpu)
+        return cls.deserialize(data, kind=kind)
 
-    def _invalidate_gpu(self) -> None:
-        if self._gpu is not None:
-            self._gpu.invalidate()
+
+def _inner_type(index: Any) -> type:
+    """The concrete type of the structure inside an IndexIDMap2."""
+    return type(faiss.downcast_index(index.index))
+
+
+def _serialize(index: Any) -> npt.NDArray[np.uint8]:
+    return np.asarray(faiss.serialize_index(index), dtype=np.uint8)
+
+
+def _deserialize(buf: npt.NDArray[np.uint8], expected: type[Any]) -> Any:
+    """A FAISS index from its bytes, downcast and owned; IndexCorruptError if unreadable or not ``expected``."""
+    try:
+        raw: Any = faiss.deserialize_index(np.ascontiguousarray(buf, dtype=np.uint8))
+    except (RuntimeError, MemoryError) as exc:  # truncated/garbage data, absurd sizes
+        raise IndexCorruptError(f"unreadable faiss index: {exc}") from exc
+    index: Any = faiss.downcast_index(raw)
+    # downcast_index returns a non-owning proxy; move ownership so the index outlives `raw`.
+    raw.this.disown()
+    index.this.acquire()
+    if not isinstance(index, expected):
+        raise IndexCorruptError(f"expected {expected.__name__}, got {type(index).__name__}")
+    inner = faiss.downcast_index(index.index)
+    if inner.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise IndexCorruptError("expected an inner-product index")
+    if int(index.ntotal) != _id_map(index).size:
+        raise IndexCorruptError("faiss index id map and vector count differ")
+    return index
 
 
 def set_search_threads(n: int) -> None:

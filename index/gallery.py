@@ -23,12 +23,12 @@ from index.base import (
     sorted_lookup,
 )
 from index.brute_force import BruteForceIndex
-from index.faiss_index import FaissIndex
+from index.faiss_index import FaissIndex, Tuning
 
 __all__ = ["FORMAT_VERSION", "GalleryIndex", "Hit", "IdentityScore"]
 
-FORMAT_VERSION = 1
-INDEX_FILE = "index.faiss"
+FORMAT_VERSION = 2
+INDEX_FILE = "index.npz"
 FACES_FILE = "faces.npy"
 MANIFEST_FILE = "manifest.json"
 
@@ -47,14 +47,24 @@ class Hit:
     score: float
 
 
-def _make_index(dim: int, backend: Backend, use_gpu: bool | None) -> VectorIndex:
+def _make_index(dim: int, backend: Backend, kind: str, tuning: Tuning | None) -> VectorIndex:
     if backend == "faiss":
-        return FaissIndex(dim, use_gpu=use_gpu)
+        return FaissIndex(dim, kind=kind, tuning=tuning)
     if backend == "numpy":
-        if use_gpu:
-            raise ValueError("the numpy backend has no GPU support")
+        if kind != "flat":
+            raise ValueError("the numpy backend is exact: its only kind is 'flat'")
         return BruteForceIndex(dim)
     raise ValueError(f"unknown backend {backend!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """A change made while a compaction builds its new indexes, replayed onto them before they take over."""
+
+    target: Literal["faces", "means"]
+    ids: npt.NDArray[np.int64]
+    x: npt.NDArray[np.float32] | None
+    """None for a removal."""
 
 
 class GalleryIndex:
@@ -63,6 +73,9 @@ class GalleryIndex:
     ``identity_score="mean"`` also keeps, per identity, the sum of its face vectors (float64) and an index of their
     normalised means keyed by identity id, updated with every change; searches then rank identities by that mean
     (derived state: snapshots hold only the faces, and `load` rebuilds it).
+
+    ``kind`` names the FAISS index kind (`index.faiss_index.KINDS`) of both indexes; `compact` rebuilds them, in
+    the same or another kind, while searches and changes go on.
 
     Thread safety: every public method takes one re-entrant lock, so concurrent searches and
     mutations are safe but serialised (FAISS still parallelises a batched search internally).
@@ -73,22 +86,28 @@ class GalleryIndex:
         dim: int,
         *,
         backend: Backend = "faiss",
-        use_gpu: bool | None = None,
+        kind: str = "flat",
+        tuning: Tuning | None = None,
         identity_score: IdentityScore = "best",
     ) -> None:
         if identity_score not in ("best", "mean"):
             raise ValueError(f"identity_score must be 'best' or 'mean', got {identity_score!r}")
         self._lock = threading.RLock()
         self._save_lock = threading.Lock()
+        self._compact_lock = threading.Lock()
         self._backend: Backend = backend
-        self._use_gpu = use_gpu
-        self._index: VectorIndex = _make_index(dim, backend, use_gpu)
+        self._kind = kind
+        self._tuning = tuning
+        self._index: VectorIndex = _make_index(dim, backend, kind, tuning)
         # Face ids ascending, with each face's identity at the same position.
         self._faces: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
         self._idents: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
+        # identity -> its face ids, so that an identity's faces are found without scanning every face
+        self._members: dict[int, list[int]] = {}
         self._identity_score: IdentityScore = identity_score
         self._sums: dict[int, npt.NDArray[np.float64]] = {}
-        self._means: VectorIndex | None = _make_index(dim, backend, use_gpu) if identity_score == "mean" else None
+        self._means: VectorIndex | None = _make_index(dim, backend, kind, tuning) if identity_score == "mean" else None
+        self._journal: list[_Change] | None = None  # recording while a compaction builds
 
     @property
     def identity_score(self) -> IdentityScore:
@@ -106,6 +125,17 @@ class GalleryIndex:
         return self._backend
 
     @property
+    def kind(self) -> str:
+        """The FAISS index kind of the face (and mean) index."""
+        return self._kind
+
+    @property
+    def needs_compaction(self) -> bool:
+        """Whether tombstones, staged vectors or stale IVF training make `compact` worth its cost."""
+        with self._lock:
+            return any(isinstance(ix, FaissIndex) and ix.needs_compaction for ix in (self._index, self._means))
+
+    @property
     def ntotal(self) -> int:
         """Number of faces."""
         with self._lock:
@@ -115,9 +145,7 @@ class GalleryIndex:
     def n_identities(self) -> int:
         """Number of distinct identities with at least one face."""
         with self._lock:
-            if self._means is not None:
-                return len(self._sums)
-            return int(np.unique(self._idents).size)
+            return len(self._members)
 
     @property
     def n_compared(self) -> int:
@@ -140,6 +168,8 @@ class GalleryIndex:
         fids = as_ids(face_ids, name="face_ids", allow_negative=True)
         with self._lock:
             pos, found = sorted_lookup(self._faces, fids)
+            if not self._idents.size:
+                return np.full(fids.shape, -1, dtype=np.int64)
             return np.where(found, self._idents[pos], -1)
 
     def add(self, face_ids: npt.ArrayLike, identity_ids: npt.ArrayLike, x: npt.ArrayLike) -> None:
@@ -154,10 +184,19 @@ class GalleryIndex:
             raise ValueError(f"face_ids {fids.shape} and identity_ids {iids.shape} differ in shape")
         with self._lock:
             self._index.add(fids, x)
+            self._record("faces", fids, as_vectors(x, self.dim))
             faces = np.concatenate([self._faces, fids])
-            order = np.argsort(faces, kind="stable")
-            self._faces = faces[order]
-            self._idents = np.concatenate([self._idents, iids])[order]
+            idents = np.concatenate([self._idents, iids])
+            if self._faces.size and fids.size and int(fids.min()) <= int(self._faces[-1]):
+                order = np.argsort(faces, kind="stable")
+                faces, idents = faces[order], idents[order]
+            elif fids.size > 1:  # new ids beyond every stored one (the usual case): only they need sorting
+                tail = np.argsort(fids, kind="stable") + self._faces.size
+                order = np.concatenate([np.arange(self._faces.size), tail])
+                faces, idents = faces[order], idents[order]
+            self._faces, self._idents = faces, idents
+            for fid, ident in zip(fids.tolist(), iids.tolist(), strict=True):
+                self._members.setdefault(ident, []).append(fid)
             if self._means is not None:
                 self._update_means(iids, self._index.reconstruct(fids), sign=1.0)
 
@@ -165,20 +204,28 @@ class GalleryIndex:
         """Remove faces by id (N,); returns how many were removed (unknown ids ignored)."""
         fids = as_ids(face_ids, name="face_ids", allow_negative=True)
         with self._lock:
-            if self._means is not None:
-                _, found = sorted_lookup(self._faces, fids)
-                present = np.unique(fids[found])
-                gone_idents = self.identities_of(present)
-                gone_vectors = self._index.reconstruct(present)
-            removed = self._index.remove(fids)
-            keep = ~np.isin(self._faces, fids)
-            self._faces = self._faces[keep]
-            self._idents = self._idents[keep]
+            pos, found = sorted_lookup(self._faces, fids)
+            present = np.unique(fids[found])
+            gone_idents = self.identities_of(present)
+            gone_vectors = self._index.reconstruct(present) if self._means is not None else None
+            removed = self._index.remove(present)
+            self._record("faces", present, None)
+            self._faces = np.delete(self._faces, np.unique(pos[found]))
+            self._idents = np.delete(self._idents, np.unique(pos[found]))
             if self._faces.size != self._index.ntotal:
                 raise IndexCorruptError("face map and vector index disagree after remove")
-            if self._means is not None:
+            for fid, ident in zip(present.tolist(), gone_idents.tolist(), strict=True):
+                faces = self._members[ident]
+                faces.remove(fid)
+                if not faces:
+                    del self._members[ident]
+            if gone_vectors is not None:
                 self._update_means(gone_idents, gone_vectors, sign=-1.0)
             return removed
+
+    def _record(self, target: Literal["faces", "means"], ids: npt.NDArray[np.int64], x: np.ndarray | None) -> None:
+        if self._journal is not None and ids.size:
+            self._journal.append(_Change(target, ids.copy(), None if x is None else np.array(x, dtype=np.float32)))
 
     def _update_means(self, idents: npt.NDArray[np.int64], x: npt.NDArray[np.float32], *, sign: float) -> None:
         """Add (sign 1) or subtract (-1) face vectors from their identities' sums and re-index those means."""
@@ -189,19 +236,22 @@ class GalleryIndex:
         for ident, row in zip(touched.tolist(), delta, strict=True):
             self._sums[ident] = self._sums.get(ident, 0.0) + row
         self._means.remove(touched)
-        alive = np.isin(touched, self._idents)
+        self._record("means", touched, None)
+        alive = np.array([i in self._members for i in touched.tolist()], dtype=bool)
         for ident in touched[~alive].tolist():
             self._sums.pop(ident, None)
         keep = touched[alive]
         if keep.size:
             sums = np.stack([self._sums[i] for i in keep.tolist()])
             norms = np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-            self._means.add(keep, (sums / norms).astype(np.float32))
+            means = (sums / norms).astype(np.float32)
+            self._means.add(keep, means)
+            self._record("means", keep, means)
 
     def remove_identity(self, identity_id: int) -> int:
         """Remove all faces of one identity; returns how many faces were removed."""
         with self._lock:
-            return self.remove_faces(self._faces[self._idents == identity_id])
+            return self.remove_faces(np.array(self._members.get(int(identity_id), []), dtype=np.int64))
 
     def search(self, xq: npt.ArrayLike, k: int, *, by: IdentityScore | None = None) -> list[list[Hit]]:
         """Up to k distinct identities per query xq float32 (M, dim), best first.
@@ -250,20 +300,56 @@ class GalleryIndex:
         scores, ids = self._means.search(q, min(k, self._means.ntotal))
         results: list[list[Hit]] = []
         for row, (s_row, i_row) in enumerate(zip(scores, ids, strict=True)):
-            valid = i_row >= 0
-            members = np.isin(self._idents, i_row[valid])
-            face_ids, owners = self._faces[members], self._idents[members]
-            face_scores = self._index.reconstruct(face_ids) @ q[row]
             hits = []
-            for ident, score in zip(i_row[valid].tolist(), s_row[valid].tolist(), strict=True):
-                own = owners == ident
-                best = int(face_ids[own][int(np.argmax(face_scores[own]))])
+            for ident, score in zip(i_row.tolist(), s_row.tolist(), strict=True):
+                if ident < 0:
+                    continue
+                face_ids = np.array(self._members[ident], dtype=np.int64)
+                best = int(face_ids[int(np.argmax(self._index.reconstruct(face_ids) @ q[row]))])
                 hits.append(Hit(int(ident), best, float(score)))
             results.append(hits)
         return results
 
+    def compact(self, *, kind: str | None = None) -> bool:
+        """Rebuild the face and mean indexes from their live vectors, as ``kind`` (default: the current one).
+
+        The build runs outside the lock, so searches and changes go on; changes made meanwhile are recorded and
+        replayed onto the new indexes, which then take over in one step. Returns False (doing nothing) when
+        another compaction is running or the backend is not FAISS.
+        """
+        if self._backend != "faiss" or not self._compact_lock.acquire(blocking=False):
+            return False
+        try:
+            new_kind = kind or self._kind
+            with self._lock:
+                faces = _snapshot(self._index)
+                means = _snapshot(self._means) if self._means is not None else None
+                self._journal = []
+            try:
+                new_index = _build(self.dim, new_kind, self._tuning, faces)
+                new_means = _build(self.dim, new_kind, self._tuning, means) if means is not None else None
+            except BaseException:
+                with self._lock:
+                    self._journal = None
+                raise
+            with self._lock:
+                for change in self._journal:
+                    target = new_index if change.target == "faces" else new_means
+                    assert target is not None
+                    if change.x is None:
+                        target.remove(change.ids)
+                    else:
+                        target.add(change.ids, change.x)
+                self._journal = None
+                if new_index.ntotal != self._index.ntotal:
+                    raise IndexCorruptError("compacted index disagrees with the live one")
+                self._index, self._means, self._kind = new_index, new_means, new_kind
+            return True
+        finally:
+            self._compact_lock.release()
+
     def save(self, directory: Path, *, meta: dict[str, Any]) -> None:
-        """Write index.faiss, faces.npy (int64 (N, 2): face_id, identity_id), then manifest.json.
+        """Write index.npz, faces.npy (int64 (N, 2): face_id, identity_id), then manifest.json.
 
         Each file is replaced atomically and the manifest (format version, dim, counts, sha256 of
         both data files, and `meta`, which must be JSON-serialisable) is written last, so a crash
@@ -277,12 +363,11 @@ class GalleryIndex:
                 if isinstance(self._index, FaissIndex):
                     index_bytes = self._index.serialize()
                 else:
-                    as_faiss = FaissIndex(self.dim, use_gpu=False)
-                    as_faiss.add(self._faces, self._index.reconstruct(self._faces))
+                    as_faiss = FaissIndex.from_vectors(self._faces, self._index.reconstruct(self._faces))
                     index_bytes = as_faiss.serialize()
                 faces_table = np.stack([self._faces, self._idents], axis=1)
                 ntotal = int(self._faces.size)
-                n_identities = int(np.unique(self._idents).size)
+                n_identities = len(self._members)
             buf = io.BytesIO()
             np.save(buf, faces_table, allow_pickle=False)
             directory.mkdir(parents=True, exist_ok=True)
@@ -303,10 +388,9 @@ class GalleryIndex:
         directory: Path,
         *,
         backend: Backend = "faiss",
-        use_gpu: bool | None = None,
         identity_score: IdentityScore = "best",
     ) -> tuple[GalleryIndex, dict[str, Any]]:
-        """Read a directory written by `save`; returns (index, meta).
+        """Read a directory written by `save`; returns (index, meta). The index keeps the kind it was saved as.
 
         Raises IndexCorruptError on a missing/unreadable file, bad manifest, checksum mismatch,
         or any disagreement between the manifest, the face table and the vector index.
@@ -314,11 +398,7 @@ class GalleryIndex:
         directory = Path(directory)
         manifest = _read_manifest(directory / MANIFEST_FILE)
         dim, ntotal = manifest["dim"], manifest["ntotal"]
-        index = FaissIndex.load(
-            directory / INDEX_FILE,
-            expected_sha256=manifest["index_sha256"],
-            use_gpu=use_gpu if backend == "faiss" else False,
-        )
+        index = FaissIndex.load(directory / INDEX_FILE, expected_sha256=manifest["index_sha256"])
         faces = _read_faces(directory / FACES_FILE, manifest["faces_sha256"])
         if index.dim != dim:
             raise IndexCorruptError(f"index dim {index.dim} != manifest dim {dim}")
@@ -332,16 +412,31 @@ class GalleryIndex:
             raise IndexCorruptError("negative identity id in face table")
         if int(np.unique(ident_ids).size) != manifest["n_identities"]:
             raise IndexCorruptError("identity count differs from manifest")
-        out = cls(dim, backend=backend, use_gpu=use_gpu, identity_score=identity_score)
         if backend == "faiss":
+            out = cls(dim, backend=backend, kind=index.kind, tuning=index.tuning, identity_score=identity_score)
             out._index = index
         else:
+            out = cls(dim, backend=backend, identity_score=identity_score)
             out._index.add(face_ids, index.reconstruct(face_ids))
         out._faces, out._idents = face_ids, ident_ids
+        for fid, ident in zip(face_ids.tolist(), ident_ids.tolist(), strict=True):
+            out._members.setdefault(ident, []).append(fid)
         if out._means is not None and face_ids.size:
             out._update_means(ident_ids, out._index.reconstruct(face_ids), sign=1.0)
         meta: dict[str, Any] = manifest["meta"]
         return out, meta
+
+
+def _snapshot(index: VectorIndex) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    ids = index.ids()
+    return ids, index.reconstruct(ids)
+
+
+def _build(
+    dim: int, kind: str, tuning: Tuning | None, vectors: tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]
+) -> FaissIndex:
+    ids, x = vectors
+    return FaissIndex.from_vectors(ids, x, dim=dim, kind=kind, tuning=tuning)
 
 
 def _distinct_identities(

@@ -30,6 +30,7 @@ from embedding.facepath import (
     whole_image,
 )
 from embedding.openset import OpenSetCalibration
+from index import Tuning
 from index.gallery import Hit
 from service import registry, schemas
 from service.batching import MicroBatcher
@@ -204,6 +205,10 @@ class FaceService:
             backend=self.settings.index_backend,
             identity_score=self.settings.identity_score,
             backfill=lambda face_ids: self.backfill_templates(info.id, embedder, face_ids),
+            kind=self.settings.index_kind,
+            tuning=Tuning(ef_search=self.settings.hnsw_ef_search, nprobe=self.settings.ivf_nprobe),
+            milvus_uri=self.settings.resolved_milvus_uri,
+            milvus_token=self.settings.milvus_token.get_secret_value() if self.settings.milvus_token else "",
         )
         indexes.start()
         return Serving(model=info, embedder=embedder, indexes=indexes, open_set=embedder.card.open_set_calibration())
@@ -686,6 +691,9 @@ class FaceService:
             lag = None
         checks["index_lag"] = lag
         checks["index_faces"] = self.indexes.stats().faces if self._serving is not None else None
+        checks["index_kinds"] = (
+            {str(g): kind for g, kind in self.indexes.kinds().items()} if self._serving is not None else None
+        )
         checks["model_version"] = self.active.label if self._serving is not None else None
         ready = bool(checks["model"]) and bool(checks["database"]) and lag == 0
         return ready, checks

@@ -7,6 +7,11 @@ faces already present and removals of absent ones are no-ops, and face rows are 
 replaying from any earlier point converges to the database's state. That is what makes snapshots safe to
 reuse: a snapshot carries the sequence it reflects, start-up replays from there, and a snapshot that is
 corrupt, from another model, or disagrees with the database's face count is discarded and rebuilt.
+
+Each gallery's FAISS index kind follows its size and the hardware (`choose_kind`, or ``FACEDB_INDEX_KIND``):
+`maintain` converts a gallery whose size crossed a boundary, and compacts one with many tombstones, in a background
+thread while it keeps serving. With the Milvus backend the index lives in Milvus instead: collections per gallery
+and model version, the applied sequence stored beside them, and the same idempotent catch-up keeping them in step.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +27,9 @@ from typing import Literal
 
 import numpy as np
 
-from index import GalleryIndex, Hit, IndexCorruptError
+from index import GalleryIndex, Hit, IndexCorruptError, Tuning, gpu_available
 from index.gallery import IdentityScore
+from index.milvus_gallery import MilvusGallery
 from service.db import crud
 from service.db.engine import Database
 from service.db.models import Change, ChangeKind
@@ -30,6 +37,29 @@ from service.db.models import Change, ChangeKind
 log = logging.getLogger(__name__)
 
 _BATCH = 5_000
+
+# Gallery sizes (vectors searched: faces, or identities when they score by their mean) where `choose_kind` moves
+# from exact search to HNSW and back; the gap keeps a gallery near the boundary from converting back and forth.
+# Measured in benchmarks/README.md (Search at scale): exact search costs ~0.035 ms per 1,000 vectors on one core.
+HNSW_FROM = 50_000
+FLAT_BELOW = 25_000
+GPU_IVF_FROM = 20_000_000
+
+Backend = Literal["faiss", "numpy", "milvus"]
+
+
+def choose_kind(n: int, *, gpu: bool, current: str | None = None) -> str:
+    """The index kind for a gallery of ``n`` searched vectors.
+
+    CPU: exact float32 ("flat") below `HNSW_FROM`, HNSW over float16 from there (2 ms answers at 1M, recall@1 in
+    benchmarks/README.md); a gallery already on HNSW stays there until it shrinks below `FLAT_BELOW`.
+    GPU: exact float16 on the device ("gpu_flat") up to `GPU_IVF_FROM`, IVF on the device beyond.
+    """
+    if gpu:
+        return "gpu_ivf" if n >= GPU_IVF_FROM else "gpu_flat"
+    if n >= HNSW_FROM or (current == "hnsw" and n >= FLAT_BELOW):
+        return "hnsw"
+    return "flat"
 
 
 @dataclass(frozen=True)
@@ -52,12 +82,17 @@ class IndexManager:
         model_checksum: str,
         dim: int,
         snapshot_dir: Path | None,
-        backend: Literal["faiss", "numpy"] = "faiss",
+        backend: Backend = "faiss",
         identity_score: IdentityScore = "best",
         backfill: Callable[[Sequence[int]], int] | None = None,
+        kind: str = "auto",
+        tuning: Tuning | None = None,
+        milvus_uri: str = "",
+        milvus_token: str = "",
     ) -> None:
         """``backfill(face_ids)`` computes and stores missing templates of this model version from the stored
-        crops (faces enrolled by a process that did not know this version yet); it returns how many it made."""
+        crops (faces enrolled by a process that did not know this version yet); it returns how many it made.
+        ``kind``: a FAISS index kind for every gallery, or "auto" (`choose_kind`)."""
         self._db = db
         self._backfill = backfill
         self._model_version_id = model_version_id
@@ -66,10 +101,18 @@ class IndexManager:
         self._snapshot_dir = snapshot_dir
         self._backend = backend
         self._identity_score: IdentityScore = identity_score
-        self._indexes: dict[int, GalleryIndex] = {}
+        self._kind = kind
+        self._tuning = tuning
+        self._gpu = backend == "faiss" and kind == "auto" and gpu_available()
+        self._milvus_uri = milvus_uri
+        if backend == "milvus" and milvus_uri.endswith(".db"):  # a milvus-lite file: its folder must exist
+            Path(milvus_uri).parent.mkdir(parents=True, exist_ok=True)
+        self._milvus_token = milvus_token
+        self._indexes: dict[int, GalleryIndex | MilvusGallery] = {}
         self._applied_seq = 0
         # Serialises catch-up and snapshotting; searches only take the per-index lock.
         self._lock = threading.Lock()
+        self._maintenance: threading.Thread | None = None
 
     @property
     def applied_seq(self) -> int:
@@ -90,7 +133,11 @@ class IndexManager:
                 head = crud.max_seq(session)
             start_seq = head
             for gallery in galleries:
-                loaded = self._load_snapshot(gallery.id, head)
+                loaded: tuple[GalleryIndex | MilvusGallery, int] | None
+                if self._backend == "milvus":
+                    loaded = self._open_milvus(gallery.id, head)
+                else:
+                    loaded = self._load_snapshot(gallery.id, head)
                 if loaded is None:
                     # Read the sequence before the faces: replaying from it can only re-apply changes.
                     with self._db.read() as session:
@@ -127,15 +174,62 @@ class IndexManager:
             return None
         return index, seq
 
-    def _rebuild(self, gallery_id: int) -> GalleryIndex:
+    def _open_milvus(self, gallery_id: int, head: int) -> tuple[MilvusGallery, int] | None:
+        """This gallery's Milvus collections and the sequence they reflect; None when they must be rebuilt."""
+        index = self._milvus_gallery(gallery_id)
+        seq = index.last_seq
+        if seq == 0 or seq > head:  # never caught up, or written against another database
+            if seq > head:
+                log.warning("Milvus gallery %d is ahead of the database (%d > %d); rebuilding", gallery_id, seq, head)
+            index.close()
+            return None
+        return index, seq
+
+    def _milvus_gallery(self, gallery_id: int) -> MilvusGallery:
+        return MilvusGallery(
+            self._milvus_uri,
+            gallery_id=gallery_id,
+            model_key=self._model_checksum,
+            dim=self._dim,
+            identity_score=self._identity_score,
+            token=self._milvus_token,
+        )
+
+    def kind_for(self, n: int, *, current: str | None = None) -> str:
+        """The FAISS index kind a gallery of ``n`` faces should have (``current``: the kind it has)."""
+        if self._backend != "faiss":
+            return "flat"
+        if self._kind != "auto":
+            return self._kind
+        return choose_kind(n, gpu=self._gpu, current=current)
+
+    def _new_index(self, gallery_id: int, n: int) -> GalleryIndex | MilvusGallery:
+        """An empty index for a gallery about to hold ``n`` faces (Milvus: its collections, emptied)."""
+        if self._backend == "milvus":
+            index = self._milvus_gallery(gallery_id)
+            index.drop()
+            return self._milvus_gallery(gallery_id)
+        return GalleryIndex(
+            self._dim,
+            backend="numpy" if self._backend == "numpy" else "faiss",
+            kind=self.kind_for(n),
+            tuning=self._tuning,
+            identity_score=self._identity_score,
+        )
+
+    def _rebuild(self, gallery_id: int) -> GalleryIndex | MilvusGallery:
         self._backfill_gallery(gallery_id)
-        index = GalleryIndex(self._dim, backend=self._backend, identity_score=self._identity_score)
+        with self._db.read() as session:
+            n = crud.count_templates(session, gallery_id=gallery_id, model_version_id=self._model_version_id)
+        index = self._new_index(gallery_id, n)
         with self._db.read() as session:
             for face_ids, identity_ids, x in crud.iter_gallery_embeddings(
                 session, gallery_id=gallery_id, model_version_id=self._model_version_id
             ):
                 index.add(face_ids, identity_ids, x)
-        log.info("rebuilt the index of gallery %d from the database: %d faces", gallery_id, index.ntotal)
+        log.info(
+            "rebuilt the index of gallery %d from the database: %d faces (%s)", gallery_id, index.ntotal, _kind(index)
+        )
         return index
 
     def _backfill_gallery(self, gallery_id: int) -> None:
@@ -223,7 +317,9 @@ class IndexManager:
             elif change.kind == ChangeKind.IDENTITY_REMOVED and index is not None:
                 index.remove_identity(int(change.identity_id or -1))
             elif change.kind == ChangeKind.GALLERY_REMOVED:
-                self._indexes.pop(gid, None)
+                gone = self._indexes.pop(gid, None)
+                if isinstance(gone, MilvusGallery):
+                    gone.drop()
                 self._drop_snapshot(gid)
         for gid in list(pending):
             flush(gid)
@@ -231,9 +327,7 @@ class IndexManager:
     def _add(self, gallery_id: int, face_ids: np.ndarray, identity_ids: np.ndarray, x: np.ndarray) -> None:
         index = self._indexes.get(gallery_id)
         if index is None:
-            index = self._indexes[gallery_id] = GalleryIndex(
-                self._dim, backend=self._backend, identity_score=self._identity_score
-            )
+            index = self._indexes[gallery_id] = self._new_index(gallery_id, len(face_ids))
         new = ~index.contains(face_ids)
         if new.any():
             index.add(face_ids[new], identity_ids[new], x[new])
@@ -264,11 +358,18 @@ class IndexManager:
     # --- snapshots ------------------------------------------------------------------------------------
 
     def save_snapshots(self) -> None:
-        """Write every gallery's index and the sequence it reflects, atomically per gallery."""
+        """Write every gallery's index and the sequence it reflects, atomically per gallery (Milvus: only the
+        sequence; its writes are already durable)."""
+        with self._lock:
+            for index in self._indexes.values():
+                if isinstance(index, MilvusGallery):
+                    index.set_last_seq(self._applied_seq)
         if self._snapshot_dir is None:
             return
         with self._lock:
             for gallery_id, index in self._indexes.items():
+                if not isinstance(index, GalleryIndex):
+                    continue
                 path = self._gallery_dir(gallery_id)
                 assert path is not None
                 index.save(
@@ -287,3 +388,44 @@ class IndexManager:
         path = self._gallery_dir(gallery_id)
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)
+
+    # --- maintenance ----------------------------------------------------------------------------------
+
+    def maintain(self, *, wait: bool = False) -> str | None:
+        """Convert one gallery whose size calls for another kind, or compact one with many tombstones, in a
+        background thread (one at a time; the gallery keeps serving and taking changes). Returns what it started
+        ("gallery 3: flat -> hnsw"), or None. ``wait`` joins the thread (tests, CLI)."""
+        if self._backend != "faiss" or (self._maintenance is not None and self._maintenance.is_alive()):
+            return None
+        for gallery_id, index in list(self._indexes.items()):
+            if not isinstance(index, GalleryIndex):
+                continue
+            wanted = self.kind_for(index.ntotal, current=index.kind)
+            if wanted == index.kind and not index.needs_compaction:
+                continue
+            what = f"gallery {gallery_id}: {index.kind} -> {wanted}"
+            thread = threading.Thread(target=_compact, args=(index, wanted, what), name="facedb-index", daemon=True)
+            self._maintenance = thread
+            thread.start()
+            if wait:
+                thread.join()
+            return what
+        return None
+
+    def kinds(self) -> dict[int, str]:
+        """Each gallery's index kind ("milvus" for Milvus)."""
+        return {gallery_id: _kind(index) for gallery_id, index in self._indexes.items()}
+
+
+def _kind(index: GalleryIndex | MilvusGallery) -> str:
+    return index.kind if isinstance(index, GalleryIndex) else "milvus"
+
+
+def _compact(index: GalleryIndex, kind: str, what: str) -> None:
+    started = time.monotonic()
+    try:
+        index.compact(kind=kind)
+    except Exception:  # the old index keeps serving; the next maintenance round tries again
+        log.exception("index maintenance failed (%s)", what)
+        return
+    log.info("index maintenance done in %.1f s (%s, %d faces)", time.monotonic() - started, what, index.ntotal)

@@ -37,6 +37,7 @@ class Runtime:
         while not stop.wait(self.settings.index_sync_interval_s):
             try:
                 self.service.sync()
+                self.service.indexes.maintain()
                 if time.monotonic() - last_snapshot > self.settings.snapshot_interval_s:
                     self.service.indexes.save_snapshots()
                     self.audit.purge()

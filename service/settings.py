@@ -34,7 +34,25 @@ class Settings(BaseSettings):
         "in it); empty = the shipped models, embedding/models.",
     )
     max_model_bytes: int = Field(default=1024**3, gt=0, description="Largest model file the API will read.")
-    index_backend: Literal["faiss", "numpy"] = "faiss"
+    index_backend: Literal["faiss", "numpy", "milvus"] = Field(
+        default="faiss",
+        description="Where galleries are searched: FAISS in this process (snapshots in index_dir), numpy (exact, "
+        "for tests), or Milvus (milvus_uri), which several service processes and machines can share.",
+    )
+    index_kind: Literal["auto", "flat", "fp16", "sq8", "hnsw", "ivfpq", "gpu_flat", "gpu_ivf"] = Field(
+        default="auto",
+        description="FAISS index kind of every gallery; auto = chosen per gallery from its size and the hardware "
+        "(README: Search at scale). Changing it converts galleries in the background.",
+    )
+    hnsw_ef_search: int = Field(default=128, ge=16, le=4096, description="HNSW kind: candidates kept per search.")
+    ivf_nprobe: int = Field(default=32, ge=1, le=65536, description="IVF kinds: lists scanned per search.")
+    milvus_uri: str = Field(
+        default="",
+        description="Milvus address (http://host:19530) or a milvus-lite file (*.db); empty = data_dir/milvus.db.",
+    )
+    milvus_token: SecretStr | None = Field(
+        default=None, description="Milvus credentials (user:password or an API key)."
+    )
     identity_score: Literal["best", "mean"] = Field(
         default="mean",
         description="How an identity with several faces scores in identify: the normalised mean of its faces, or its "
@@ -213,6 +231,11 @@ class Settings(BaseSettings):
     def resolved_admin_key_file(self) -> Path:
         """Where the bootstrap admin key's secret is written."""
         return self.admin_key_file or self.data_dir / "admin.key"
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        """The Milvus address, or the milvus-lite file in data_dir."""
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
 
     @property
     def resolved_index_dir(self) -> Path:

@@ -46,6 +46,7 @@ def test_health_and_readiness(client: TestClient) -> None:
         "database": True,
         "index_lag": 0,
         "index_faces": 0,
+        "index_kinds": {},
         "model_version": checks["model_version"],
     }
     card = read_card(default_model_path())

@@ -32,7 +32,7 @@ def unit_vectors(rng: np.random.Generator, n: int, dim: int = DIM) -> F32:
 
 
 def make_indexes(dim: int = DIM) -> list[VectorIndex]:
-    return [FaissIndex(dim, use_gpu=False), BruteForceIndex(dim)]
+    return [FaissIndex(dim), BruteForceIndex(dim)]
 
 
 def check_topk(xq: F32, ref_ids: I64, ref_x: F32, scores: F32, ids: I64, *, k: int) -> None:
@@ -109,7 +109,7 @@ def test_faiss_matches_brute_force(n: int) -> None:
         assert not np.isin(rb[1], removed).any()
 
 
-@pytest.mark.parametrize("make", [lambda: FaissIndex(4, use_gpu=False), lambda: BruteForceIndex(4)])
+@pytest.mark.parametrize("make", [lambda: FaissIndex(4), lambda: BruteForceIndex(4)])
 def test_padding_and_basic_contract(make: Callable[[], VectorIndex]) -> None:
     idx = make()
     assert idx.dim == 4
@@ -131,7 +131,7 @@ def test_padding_and_basic_contract(make: Callable[[], VectorIndex]) -> None:
     assert idx.ids().size == 0
 
 
-@pytest.mark.parametrize("make", [lambda: FaissIndex(8, use_gpu=False), lambda: BruteForceIndex(8)])
+@pytest.mark.parametrize("make", [lambda: FaissIndex(8), lambda: BruteForceIndex(8)])
 def test_duplicates_and_bad_input_leave_index_unchanged(make: Callable[[], VectorIndex]) -> None:
     rng = np.random.default_rng(1)
     idx = make()
@@ -171,13 +171,13 @@ def test_faiss_save_load_roundtrip_and_corruption(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     x = unit_vectors(rng, 300)
     ids = np.arange(1000, 1300, dtype=np.int64)
-    fi = FaissIndex(DIM, use_gpu=False)
+    fi = FaissIndex(DIM)
     fi.add(ids, x)
     fi.remove(ids[::7])
     path = tmp_path / "a.faiss"
     sha = fi.save(path)
     assert [p.name for p in tmp_path.iterdir()] == ["a.faiss"]
-    loaded = FaissIndex.load(path, expected_sha256=sha, use_gpu=False)
+    loaded = FaissIndex.load(path, expected_sha256=sha)
     xq = unit_vectors(rng, 10)
     a, b = fi.search(xq, 20), loaded.search(xq, 20)
     np.testing.assert_array_equal(a[0], b[0])
@@ -203,44 +203,12 @@ def test_faiss_save_load_roundtrip_and_corruption(tmp_path: Path) -> None:
         FaissIndex.load(l2map)
 
 
-def test_use_gpu_true_without_gpu_raises() -> None:
+def test_gpu_kind_without_gpu_raises() -> None:
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         pytest.skip("a GPU is available")
-    with pytest.raises(RuntimeError):
-        FaissIndex(4, use_gpu=True)
+    with pytest.raises(RuntimeError, match="needs a GPU"):
+        FaissIndex(4, kind="gpu_flat")
     assert not FaissIndex(4).uses_gpu
-
-
-def test_gpu_replica_logic_with_cpu_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs the GPU search path with a CPU clone standing in for index_cpu_to_gpu."""
-    builds: list[int] = []
-
-    def fake_cpu_to_gpu(res: object, device: int, index: Any) -> Any:
-        builds.append(int(index.ntotal))
-        return faiss.clone_index(index)
-
-    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
-    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
-    monkeypatch.setattr(faiss, "index_cpu_to_gpu", fake_cpu_to_gpu, raising=False)
-
-    rng = np.random.default_rng(3)
-    fi, bf = FaissIndex(DIM), BruteForceIndex(DIM)
-    assert fi.uses_gpu
-    x = unit_vectors(rng, 400)
-    ids = rng.choice(100_000, size=400, replace=False).astype(np.int64)
-    xq = unit_vectors(rng, 8)
-    for idx in (fi, bf):
-        idx.add(ids[:300], x[:300])
-    assert_same_results(fi.search(xq, 10), bf.search(xq, 10))
-    assert_same_results(fi.search(xq, 10), bf.search(xq, 10))
-    assert builds == [300]  # rebuilt lazily, once
-    for idx in (fi, bf):
-        idx.remove(ids[:100])
-        idx.add(ids[300:], x[300:])
-    r = fi.search(xq, 305)
-    check_topk(xq, ids[100:], x[100:], *r, k=305)
-    assert_same_results(r, bf.search(xq, 305))
-    assert builds == [300, 300]
 
 
 # --- GalleryIndex --------------------------------------------------------------------------------
@@ -295,7 +263,7 @@ def check_gallery_results(got: list[list[Hit]], xq: F32, face_ids: I64, idents: 
 def test_gallery_matches_brute_force(backend: Any) -> None:
     rng = np.random.default_rng(4)
     face_ids, idents, x = clustered_faces(rng, 400, 5)
-    g = GalleryIndex(DIM, backend=backend, use_gpu=False if backend == "faiss" else None)
+    g = GalleryIndex(DIM, backend=backend)
     g.add(face_ids[:1000], idents[:1000], x[:1000])
     g.add(face_ids[1000:], idents[1000:], x[1000:])
     assert g.ntotal == face_ids.size
@@ -342,7 +310,7 @@ def check_mean_results(got: list[list[Hit]], xq: F32, face_ids: I64, idents: I64
 def test_gallery_mean_identity_score_matches_reference(backend: Any, tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
     face_ids, idents, x = clustered_faces(rng, 200, 4)
-    g = GalleryIndex(DIM, backend=backend, use_gpu=False if backend == "faiss" else None, identity_score="mean")
+    g = GalleryIndex(DIM, backend=backend, identity_score="mean")
     g.add(face_ids[:300], idents[:300], x[:300])
     g.add(face_ids[300:], idents[300:], x[300:])
     assert g.n_identities == g.n_compared == np.unique(idents).size
@@ -373,7 +341,7 @@ def test_gallery_over_fetch_with_one_dominant_identity() -> None:
     x = np.concatenate([big, others]).astype(np.float32)
     idents = np.concatenate([np.zeros(500, np.int64), np.arange(1, 31)])
     face_ids = np.arange(x.shape[0], dtype=np.int64)
-    g = GalleryIndex(DIM, use_gpu=False)
+    g = GalleryIndex(DIM)
     g.add(face_ids, idents, x)
     got = g.search(centre, 5)
     assert got[0][0].identity_id == 0
@@ -385,7 +353,7 @@ def test_gallery_over_fetch_with_one_dominant_identity() -> None:
 
 
 def test_gallery_bad_input_and_empty() -> None:
-    g = GalleryIndex(8, use_gpu=False)
+    g = GalleryIndex(8)
     assert g.search(np.ones((2, 8), np.float32), 3) == [[], []]
     g.add([1, 2], [10, 10], np.eye(8, dtype=np.float32)[:2])
     with pytest.raises(ValueError):
@@ -410,7 +378,7 @@ def test_gallery_bad_input_and_empty() -> None:
 def saved_gallery(tmp_path: Path) -> tuple[GalleryIndex, Path, F32]:
     rng = np.random.default_rng(6)
     face_ids, idents, x = clustered_faces(rng, 60, 5)
-    g = GalleryIndex(DIM, use_gpu=False)
+    g = GalleryIndex(DIM)
     g.add(face_ids, idents, x)
     g.remove_identity(int(idents[0]))
     d = tmp_path / "gallery"
@@ -421,11 +389,11 @@ def saved_gallery(tmp_path: Path) -> tuple[GalleryIndex, Path, F32]:
 @pytest.mark.parametrize("backend", ["faiss", "numpy"])
 def test_gallery_save_load_roundtrip(saved_gallery: tuple[GalleryIndex, Path, F32], backend: Any) -> None:
     g, d, xq = saved_gallery
-    assert sorted(p.name for p in d.iterdir()) == ["faces.npy", "index.faiss", "manifest.json"]
+    assert sorted(p.name for p in d.iterdir()) == ["faces.npy", "index.npz", "manifest.json"]
     manifest = json.loads((d / "manifest.json").read_text())
     assert manifest["ntotal"] == g.ntotal
     assert manifest["dim"] == DIM
-    loaded, meta = GalleryIndex.load(d, backend=backend, use_gpu=False if backend == "faiss" else None)
+    loaded, meta = GalleryIndex.load(d, backend=backend)
     assert meta == {"model_version": "arcface-r50@3", "last_seq": 1234}
     assert loaded.backend == backend
     assert loaded.ntotal == g.ntotal
@@ -438,7 +406,7 @@ def test_gallery_save_load_roundtrip(saved_gallery: tuple[GalleryIndex, Path, F3
     # A loaded gallery stays usable and can be saved again.
     loaded.remove_faces(loaded.face_ids()[:3])
     loaded.save(d, meta={"last_seq": 1235})
-    again, meta2 = GalleryIndex.load(d, use_gpu=False)
+    again, meta2 = GalleryIndex.load(d)
     assert meta2 == {"last_seq": 1235}
     assert again.ntotal == g.ntotal - 3
 
@@ -452,16 +420,16 @@ def _flip_byte(path: Path, offset: int) -> None:
 @pytest.mark.parametrize(
     "damage",
     [
-        pytest.param(lambda d: _flip_byte(d / "index.faiss", -1000), id="flip-index"),
+        pytest.param(lambda d: _flip_byte(d / "index.npz", -1000), id="flip-index"),
         pytest.param(lambda d: _flip_byte(d / "faces.npy", -3), id="flip-faces"),
         pytest.param(
-            lambda d: (d / "index.faiss").write_bytes((d / "index.faiss").read_bytes()[:-64]),
+            lambda d: (d / "index.npz").write_bytes((d / "index.npz").read_bytes()[:-64]),
             id="truncate-index",
         ),
         pytest.param(lambda d: (d / "faces.npy").write_bytes((d / "faces.npy").read_bytes()[:-8]), id="truncate-faces"),
         pytest.param(lambda d: (d / "manifest.json").unlink(), id="missing-manifest"),
         pytest.param(lambda d: (d / "faces.npy").unlink(), id="missing-faces"),
-        pytest.param(lambda d: (d / "index.faiss").unlink(), id="missing-index"),
+        pytest.param(lambda d: (d / "index.npz").unlink(), id="missing-index"),
         pytest.param(lambda d: _edit_manifest(d, ntotal=lambda v: v + 1), id="wrong-ntotal"),
         pytest.param(lambda d: _edit_manifest(d, dim=lambda v: v * 2), id="wrong-dim"),
         pytest.param(lambda d: _edit_manifest(d, format_version=lambda v: 99), id="wrong-version"),
@@ -474,10 +442,10 @@ def test_gallery_load_detects_corruption(
     saved_gallery: tuple[GalleryIndex, Path, F32], damage: Callable[[Path], object]
 ) -> None:
     _, d, _ = saved_gallery
-    GalleryIndex.load(d, use_gpu=False)  # intact directory loads
+    GalleryIndex.load(d)  # intact directory loads
     damage(d)
     with pytest.raises(IndexCorruptError):
-        GalleryIndex.load(d, use_gpu=False)
+        GalleryIndex.load(d)
 
 
 def _edit_manifest(d: Path, **edits: Callable[[Any], Any]) -> None:
@@ -500,18 +468,18 @@ def test_gallery_faces_table_swapped_with_consistent_checksum(
     (d / "faces.npy").write_bytes(buf.getvalue())
     _edit_manifest(d, faces_sha256=lambda _: hashlib.sha256(buf.getvalue()).hexdigest())
     with pytest.raises(IndexCorruptError):
-        GalleryIndex.load(d, use_gpu=False)
+        GalleryIndex.load(d)
 
 
 def test_gallery_save_failure_leaves_no_files(tmp_path: Path) -> None:
-    g = GalleryIndex(4, use_gpu=False)
+    g = GalleryIndex(4)
     g.add([1], [1], np.ones((1, 4), np.float32))
     d = tmp_path / "g"
     with pytest.raises(TypeError):
         g.save(d, meta={"bad": object()})
     assert not d.exists() or list(d.iterdir()) == []
     g.save(d, meta={})
-    assert sorted(p.name for p in d.iterdir()) == ["faces.npy", "index.faiss", "manifest.json"]
+    assert sorted(p.name for p in d.iterdir()) == ["faces.npy", "index.npz", "manifest.json"]
 
 
 def test_atomic_write_cleans_up_on_failure(tmp_path: Path) -> None:
@@ -536,7 +504,7 @@ def test_gallery_concurrent_search_add_remove() -> None:
     n_total = n_initial + n_adders * batches * batch
     x_all = unit_vectors(rng, n_total, dim)
     ident_of = np.arange(n_total, dtype=np.int64) // 5  # fixed face -> identity mapping
-    g = GalleryIndex(dim, use_gpu=False)
+    g = GalleryIndex(dim)
     g.add(np.arange(n_initial), ident_of[:n_initial], x_all[:n_initial])
     to_remove = rng.permutation(n_initial)[:100]
     errors: list[BaseException] = []

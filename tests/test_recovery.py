@@ -70,7 +70,7 @@ def test_snapshot_is_reused_and_caught_up(settings: Settings) -> None:
         rt.close()
 
 
-@pytest.mark.parametrize("target", ["index.faiss", "faces.npy", "manifest.json"])
+@pytest.mark.parametrize("target", ["index.npz", "faces.npy", "manifest.json"])
 def test_corrupt_snapshot_is_rebuilt(settings: Settings, target: str) -> None:
     rt = start(settings)
     enroll_people(rt, 4)

@@ -1,0 +1,231 @@
+"""Every FAISS index kind against the exact numpy reference: recall floors, incremental adds and removals (native,
+tombstoned, staged), re-adds, compaction, kind changes and snapshots; the GPU kinds' bookkeeping with CPU stand-ins
+for the device (the real device runs in tests/test_cuda.py)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from index import KINDS, BruteForceIndex, FaissIndex, GalleryIndex, IndexCorruptError, Tuning
+from index import gallery as gallery_module
+
+DIM = 32
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+# Recall@10 against exact search that each kind must reach on clustered data (approximate kinds get their floor
+# from their search parameters; the quantised flat kinds only perturb scores).
+RECALL_FLOOR = {"flat": 1.0, "fp16": 0.99, "sq8": 0.95, "hnsw": 0.95, "ivfpq": 0.9, "gpu_flat": 0.99, "gpu_ivf": 0.9}
+SCORE_ATOL = {"flat": 1e-5, "fp16": 2e-3, "sq8": 2e-2, "hnsw": 2e-3, "ivfpq": 1e-5, "gpu_flat": 2e-3, "gpu_ivf": 1e-5}
+CPU_KINDS = [k for k, spec in KINDS.items() if not spec.gpu]
+
+
+def clustered(rng: np.random.Generator, n: int, centres: int = 300) -> F32:
+    """Unit vectors around random centres (people), like face embeddings; unstructured data flatters nothing."""
+    c = rng.standard_normal((centres, DIM)).astype(np.float32)
+    x = c[rng.integers(0, centres, n)] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
+    return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
+
+
+def recall_at(index: FaissIndex, ref: BruteForceIndex, xq: F32, k: int) -> float:
+    """Mean fraction of the exact top-k ids found; also checks the contract of every row."""
+    s, i = index.search(xq, k)
+    rs, ri = ref.search(xq, k)
+    live = set(ref.ids().tolist())
+    hits = 0
+    for row in range(len(xq)):
+        got = [int(v) for v in i[row] if v >= 0]
+        assert len(got) == len(set(got)), "an id twice in one row"
+        assert set(got) <= live, "a removed or unknown id came back"
+        assert (np.diff(s[row][i[row] >= 0]) <= 1e-6).all(), "scores not descending"
+        hits += len(set(got) & set(ri[row].tolist()))
+    return hits / ri.size
+
+
+def churn(index: FaissIndex, ref: BruteForceIndex, rng: np.random.Generator, n: int) -> None:
+    """Adds in batches, removals, and removed ids added again with new vectors, applied to both."""
+    x = clustered(rng, n)
+    ids = rng.choice(10 * n, n, replace=False).astype(np.int64)
+    for part in np.array_split(np.arange(n), 5):
+        for ix in (index, ref):
+            ix.add(ids[part], x[part])
+    gone = ids[rng.choice(n, n // 5, replace=False)]
+    for ix in (index, ref):
+        assert ix.remove(gone) == gone.size
+        assert ix.remove(gone) == 0
+    again = gone[: n // 20]
+    fresh = clustered(rng, again.size)
+    for ix in (index, ref):
+        ix.add(again, fresh)
+    assert index.ntotal == ref.ntotal
+    np.testing.assert_array_equal(np.sort(index.ids()), np.sort(ref.ids()))
+
+
+def check_kind(kind: str, n: int, seed: int = 0) -> FaissIndex:
+    rng = np.random.default_rng(seed)
+    index, ref = FaissIndex(DIM, kind=kind, tuning=Tuning(nprobe=16)), BruteForceIndex(DIM)
+    churn(index, ref, rng, n)
+    xq = clustered(rng, 50)
+    assert recall_at(index, ref, xq, 10) >= RECALL_FLOOR[kind]
+    probe = ref.ids()[:20]
+    np.testing.assert_allclose(index.reconstruct(probe), ref.reconstruct(probe), atol=SCORE_ATOL[kind] * 4)
+    s, i = index.search(xq, 3)
+    exact = np.einsum("qd,qkd->qk", xq, ref.reconstruct(i.ravel()).reshape(len(xq), 3, DIM))
+    np.testing.assert_allclose(s, exact, atol=SCORE_ATOL[kind])  # reported scores are true cosines (or close)
+    return index
+
+
+@pytest.mark.parametrize("kind", CPU_KINDS)
+def test_kind_matches_exact_through_adds_and_removals(kind: str) -> None:
+    n = 12_000 if KINDS[kind].min_train > 1000 else 3000
+    index = check_kind(kind, n)
+    if not KINDS[kind].native_remove:
+        assert index.tombstones > 0  # removals were tombstoned, not rebuilt
+        assert index.staged > 0  # and ids added again went to the exact staging index
+
+
+@pytest.mark.parametrize("kind", ["sq8", "ivfpq"])
+def test_kind_that_trains_is_exact_until_it_can(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    index, ref = FaissIndex(DIM, kind=kind), BruteForceIndex(DIM)
+    x = clustered(rng, KINDS[kind].min_train)
+    ids = np.arange(x.shape[0], dtype=np.int64)
+    index.add(ids[:-1], x[:-1])
+    ref.add(ids[:-1], x[:-1])
+    assert index.staged == x.shape[0] - 1
+    xq = clustered(rng, 20)
+    assert recall_at(index, ref, xq, 10) == 1.0  # staging is exact
+    index.add(ids[-1:], x[-1:])
+    ref.add(ids[-1:], x[-1:])
+    assert index.staged == 0  # trained, and moved into the structure
+    assert recall_at(index, ref, xq, 10) >= RECALL_FLOOR[kind]
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_compaction_drops_tombstones_and_keeps_results(kind: str) -> None:
+    index = check_kind(kind, 12_000, seed=2)
+    assert index.needs_compaction  # a fifth removed: beyond the tombstone budget
+    compacted = index.compacted()
+    assert compacted.tombstones == 0 and compacted.staged == 0 and compacted.kind == kind
+    assert not compacted.needs_compaction
+    np.testing.assert_array_equal(compacted.ids(), index.ids())
+    ref = BruteForceIndex(DIM)
+    ref.add(index.ids(), index.reconstruct(index.ids()))
+    xq = clustered(np.random.default_rng(3), 50)
+    assert recall_at(compacted, ref, xq, 10) >= RECALL_FLOOR[kind]
+
+
+def test_kind_change_and_snapshot_round_trip(tmp_path: Any) -> None:
+    index = check_kind("hnsw", 3000, seed=4)
+    path = tmp_path / "i.npz"
+    sha = index.save(path)
+    loaded = FaissIndex.load(path, expected_sha256=sha, kind="hnsw")
+    assert (loaded.kind, loaded.tombstones, loaded.staged) == ("hnsw", index.tombstones, index.staged)
+    xq = clustered(np.random.default_rng(5), 20)
+    for a, b in zip(index.search(xq, 10), loaded.search(xq, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(IndexCorruptError, match="not the expected"):
+        FaissIndex.load(path, kind="flat")
+    as_flat = loaded.compacted(kind="flat")
+    assert as_flat.kind == "flat" and as_flat.ntotal == index.ntotal
+
+
+def test_snapshot_with_stray_tombstone_is_corrupt(tmp_path: Any) -> None:
+    index = FaissIndex(DIM, kind="hnsw")
+    index.add(np.arange(10), clustered(np.random.default_rng(6), 10))
+    index.remove([3])
+    index._tombstones = np.array([3, 99], dtype=np.int64)  # 99 was never stored
+    with pytest.raises(IndexCorruptError, match="inconsistent"):
+        FaissIndex.deserialize(index.serialize())
+
+
+# --- GPU kinds, with the device stood in by CPU indexes -------------------------------------------------------
+
+
+@pytest.fixture
+def cpu_as_gpu(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Makes faiss look like a GPU build whose device indexes are CPU ones; returns a log of device builds."""
+    built: list[str] = []
+
+    class Config:
+        useFloat16 = False
+
+    def flat(res: object, dim: int, config: Config) -> Any:
+        built.append("flat")
+        assert config.useFloat16
+        return faiss.IndexFlatIP(dim)
+
+    def to_gpu(res: object, device: int, index: Any) -> Any:
+        built.append(type(faiss.downcast_index(index)).__name__)
+        return faiss.clone_index(index)
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "GpuIndexFlatConfig", Config, raising=False)
+    monkeypatch.setattr(faiss, "GpuIndexFlatIP", flat, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
+    return built
+
+
+@pytest.mark.parametrize("kind", ["gpu_flat", "gpu_ivf"])
+def test_gpu_kinds_apply_changes_without_rebuilding_the_device_copy(cpu_as_gpu: list[str], kind: str) -> None:
+    n = 12_000 if kind == "gpu_ivf" else 3000
+    index = check_kind(kind, n, seed=7)
+    assert index.uses_gpu
+    assert len(cpu_as_gpu) == 1, "the device copy was built more than once"
+    assert index.tombstones > 0  # removals masked on the device
+    # k beyond what the device can fetch goes to the exact host master
+    ref = BruteForceIndex(DIM)
+    ref.add(index.ids(), index.reconstruct(index.ids()))
+    xq = clustered(np.random.default_rng(8), 3)
+    assert recall_at(index, ref, xq, 2100) >= 0.99
+
+
+# --- GalleryIndex compaction while changes go on ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("identity_score", ["best", "mean"])
+def test_gallery_compaction_replays_changes_made_during_the_build(
+    monkeypatch: pytest.MonkeyPatch, identity_score: Any
+) -> None:
+    rng = np.random.default_rng(9)
+    n = 2000
+    x = clustered(rng, n)
+    faces, idents = np.arange(n, dtype=np.int64), rng.integers(0, 400, n).astype(np.int64)
+    g = GalleryIndex(DIM, kind="flat", identity_score=identity_score)
+    g.add(faces[:1500], idents[:1500], x[:1500])
+    building, release = threading.Event(), threading.Event()
+    real_build = gallery_module._build
+
+    def slow_build(*args: Any) -> FaissIndex:
+        building.set()
+        assert release.wait(30)
+        return real_build(*args)
+
+    monkeypatch.setattr(gallery_module, "_build", slow_build)
+    worker = threading.Thread(target=lambda: g.compact(kind="hnsw"))
+    worker.start()
+    assert building.wait(30)
+    g.add(faces[1500:], idents[1500:], x[1500:])  # during the build
+    g.remove_faces(faces[:300])
+    g.remove_identity(int(idents[1600]))
+    assert g.kind == "flat" and g.search(x[:1], 1)  # still serving the old index
+    release.set()
+    worker.join(60)
+    assert g.kind == "hnsw"
+    reference = GalleryIndex(DIM, kind="flat", identity_score=identity_score)
+    live = g.face_ids()
+    keep = np.isin(faces, live)
+    reference.add(faces[keep], idents[keep], x[keep])
+    assert g.ntotal == reference.ntotal and g.n_identities == reference.n_identities
+    xq = clustered(rng, 40)
+    got, want = g.search(xq, 5), reference.search(xq, 5)
+    agree = np.mean([a[0].identity_id == b[0].identity_id for a, b in zip(got, want, strict=True)])
+    assert agree >= 0.95
+    assert not np.isin(faces[:300], g.face_ids()).any()

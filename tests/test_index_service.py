@@ -1,0 +1,146 @@
+"""The service's index: the kind follows each gallery's size (or FACEDB_INDEX_KIND), conversions and compactions run
+while it serves, snapshots of every kind survive a restart, and the Milvus backend passes the same catch-up and
+restart checks as FAISS, congruent with it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import text
+
+from service import indexing
+from service.core import Upload
+from service.runtime import Runtime, build_runtime
+from service.settings import Settings
+from tests.conftest import image_bytes
+from tests.test_recovery import enroll_people
+
+
+def start(settings: Settings) -> Runtime:
+    return build_runtime(settings, batching=False)
+
+
+def top(rt: Runtime, seed: int, k: int = 10) -> list[tuple[str, float]]:
+    hits = rt.service.identify("default", Upload("p.png", image_bytes(seed)), top_k=k, detect=False).candidates
+    return [(h.identity.external_id, round(h.score, 4)) for h in hits]
+
+
+def test_kind_follows_gallery_size_while_serving(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(indexing, "HNSW_FROM", 6)
+    monkeypatch.setattr(indexing, "FLAT_BELOW", 4)
+    settings = make_settings()
+    rt = start(settings)
+    try:
+        enroll_people(rt, 5)
+        indexes = rt.service.indexes
+        assert indexes.kinds() == {1: "flat"} and indexes.maintain(wait=True) is None
+        enroll_people(rt, 2, seed=1)
+        assert indexes.maintain(wait=True) == "gallery 1: flat -> hnsw"
+        assert indexes.kinds() == {1: "hnsw"}
+        assert top(rt, 1001)[0] == ("s1-1", 1.0)
+        for ident in (1, 2, 3):  # tombstoned in HNSW, gone from answers at once
+            rt.service.delete_identity("default", ident)
+        assert {"s0-0", "s0-1", "s0-2"}.isdisjoint(e for e, _ in top(rt, 0))
+        assert indexes.maintain(wait=True) is None  # 4 faces: above FLAT_BELOW, stays HNSW
+        rt.service.delete_identity("default", 4)
+        assert indexes.maintain(wait=True) == "gallery 1: hnsw -> flat"
+        expected = top(rt, 1000)
+    finally:
+        rt.close()
+    rt = start(settings)
+    try:
+        assert rt.service.indexes.kinds() == {1: "flat"}
+        assert top(rt, 1000) == expected
+    finally:
+        rt.close()
+
+
+def test_index_kind_setting_and_snapshot_with_tombstones(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(index_kind="hnsw")
+    rt = start(settings)
+    try:
+        enroll_people(rt, 6)
+        rt.service.delete_identity("default", 2)
+        assert rt.service.indexes.kinds() == {1: "hnsw"}
+        assert rt.service.indexes.maintain(wait=True) is None  # the setting wins over the size
+        expected = top(rt, 1)
+        assert "s0-1" not in [e for e, _ in expected]
+    finally:
+        rt.close()  # the snapshot holds the tombstone
+    rt = start(settings)
+    try:
+        assert rt.service.indexes.kinds() == {1: "hnsw"}
+        assert top(rt, 1) == expected
+    finally:
+        rt.close()
+    rt = start(make_settings(index_kind="flat"))  # a new setting converts in the background
+    try:
+        assert rt.service.indexes.maintain(wait=True) == "gallery 1: hnsw -> flat"
+        assert top(rt, 1) == expected
+    finally:
+        rt.close()
+
+
+# --- Milvus ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def milvus_settings(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (pip install 'facedb[milvus]')")
+
+    def make(**overrides: object) -> Settings:
+        return make_settings(index_backend="milvus", **overrides)
+
+    return make
+
+
+def test_milvus_catches_up_and_survives_restart_congruent_with_faiss(milvus_settings: Callable[..., Settings]) -> None:
+    settings = milvus_settings()
+    rt = start(settings)
+    enroll_people(rt, 3)
+    assert rt.service.indexes.kinds() == {1: "milvus"}
+    rt.close()  # stores the applied sequence beside the collections
+
+    other = start(settings)  # another process writes, and dies before storing its sequence
+    enroll_people(other, 2, seed=1)
+    other.service.delete_identity("default", 1)
+    other.db.dispose()
+
+    rt = start(settings)
+    try:
+        assert rt.service.indexes.stats().faces == 4
+        assert rt.service.indexes.lag() == 0
+        assert top(rt, 1001)[0] == ("s1-1", 1.0)
+        assert "s0-0" not in [e for e, _ in top(rt, 0)]
+        answers = [top(rt, seed) for seed in (0, 1, 2, 1000, 1001, 77)]
+    finally:
+        rt.close()
+    faiss_rt = start(settings.model_copy(update={"index_backend": "faiss"}))
+    try:
+        assert [top(faiss_rt, seed) for seed in (0, 1, 2, 1000, 1001, 77)] == answers
+    finally:
+        faiss_rt.close()
+
+
+@pytest.mark.parametrize("log_too", [True, False], ids=["restored-backup", "rows-deleted-behind-its-back"])
+def test_milvus_that_disagrees_with_the_database_is_rebuilt(
+    milvus_settings: Callable[..., Settings], log_too: bool
+) -> None:
+    settings = milvus_settings()
+    rt = start(settings)
+    enroll_people(rt, 5)
+    rt.close()
+    with rt.db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM faces WHERE id > 3"))
+        if log_too:
+            conn.execute(text("DELETE FROM changes WHERE seq > 3"))
+    rt = start(settings)
+    try:
+        assert rt.service.indexes.stats().faces == 3
+        hits = rt.service.identify("default", Upload("p.png", image_bytes(4)), top_k=10, detect=False).candidates
+        assert all(h.face_id <= 3 for h in hits)
+    finally:
+        rt.close()
