@@ -131,13 +131,24 @@ def test_other_process_writes_reach_a_running_server(make_settings: Callable[...
 
 
 @pytest.fixture
-def server(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], tuple[subprocess.Popen[bytes], str]]]:
+def index_backend() -> str:
+    """The server's FACEDB_INDEX_BACKEND (a test parametrizes it to run on Milvus too)."""
+    return "faiss"
+
+
+@pytest.fixture
+def server(
+    settings: Settings, tmp_path: Path, index_backend: str
+) -> Iterator[Callable[[], tuple[subprocess.Popen[bytes], str]]]:
+    if index_backend == "milvus":
+        pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (pip install 'facedb[milvus]')")
     procs: list[subprocess.Popen[bytes]] = []
     env = os.environ | {
         "FACEDB_DATA_DIR": str(settings.data_dir),
         "FACEDB_DATABASE_URL": settings.resolved_database_url,
         "FACEDB_INDEX_SYNC_INTERVAL_S": "0.2",
         "FACEDB_TORCH_THREADS": "1",
+        "FACEDB_INDEX_BACKEND": index_backend,
     }
 
     def launch() -> tuple[subprocess.Popen[bytes], str]:
@@ -153,8 +164,9 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], tuple[su
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("index_backend", ["faiss", "milvus"])
 def test_sigkill_mid_enrolment_loses_no_acknowledged_face(
-    server: Callable[[], tuple[subprocess.Popen[bytes], str]], settings: Settings
+    server: Callable[[], tuple[subprocess.Popen[bytes], str]], settings: Settings, index_backend: str
 ) -> None:
     proc, url = server()
     headers = admin_headers(settings)
@@ -197,6 +209,7 @@ def test_sigkill_mid_enrolment_loses_no_acknowledged_face(
         gallery = c.get("/v1/galleries/default").json()
         assert ready["checks"]["index_lag"] == 0
         assert ready["checks"]["index_faces"] == gallery["face_count"] >= len(acked)
+        assert ready["checks"]["index_kinds"] == {"1": "milvus" if index_backend == "milvus" else "flat"}
         for face_id, seed in list(acked.items())[:: max(1, len(acked) // 8)]:
             r = c.post(
                 "/v1/galleries/default/identify",
