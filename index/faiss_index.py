@@ -419,8 +419,13 @@ class FaissIndex:
         kk = min(k, self.ntotal)
         if kk == 0 or m == 0:
             return scores, out_ids
-        found = self._gpu.search(q, kk, self._tuning.nprobe) if self._gpu is not None else None
-        if found is not None:  # the device copy holds every live vector
+        exhaustive = self._kind.approximate and 2 * kk >= self.ntotal
+        found = self._gpu.search(q, kk, self._tuning.nprobe) if self._gpu is not None and not exhaustive else None
+        if exhaustive:
+            # Asked for most of the index (identity search widening its fetch): a graph or IVF walk may not
+            # reach every vector, and scoring them all costs about as much as returning them.
+            s, i = self._exhaustive(q, kk)
+        elif found is not None:  # the device copy holds every live vector
             s, i = found
         else:
             s, i = self._search_main(q, kk)
@@ -430,6 +435,13 @@ class FaissIndex:
         scores[:, : s.shape[1]] = np.where(empty, np.float32(-np.inf), s)  # FAISS pads with -FLT_MAX
         out_ids[:, : i.shape[1]] = np.where(empty, -1, i)
         return scores, out_ids
+
+    def _exhaustive(self, q: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Exact top k over the stored (decoded) vectors."""
+        ids = self.ids()
+        scores = q @ self.reconstruct(ids).T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, top, axis=1).astype(np.float32), ids[top]
 
     def _search_main(self, q: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         if self._main is None or self._main.ntotal == 0:

@@ -70,9 +70,9 @@ class _Change:
 class GalleryIndex:
     """Faces keyed by face id (int64 >= 0), each belonging to an identity (int64 >= 0).
 
-    ``identity_score="mean"`` also keeps, per identity, the sum of its face vectors (float64) and an index of their
-    normalised means keyed by identity id, updated with every change; searches then rank identities by that mean
-    (derived state: snapshots hold only the faces, and `load` rebuilds it).
+    ``identity_score="mean"`` also keeps an index of each identity's normalised mean face keyed by identity id,
+    recomputed for the identities each change touches; searches then rank identities by that mean (derived state:
+    snapshots hold only the faces, and `load` rebuilds it).
 
     ``kind`` names the FAISS index kind (`index.faiss_index.KINDS`) of both indexes; `compact` rebuilds them, in
     the same or another kind, while searches and changes go on.
@@ -105,7 +105,6 @@ class GalleryIndex:
         # identity -> its face ids, so that an identity's faces are found without scanning every face
         self._members: dict[int, list[int]] = {}
         self._identity_score: IdentityScore = identity_score
-        self._sums: dict[int, npt.NDArray[np.float64]] = {}
         self._means: VectorIndex | None = _make_index(dim, backend, kind, tuning) if identity_score == "mean" else None
         self._journal: list[_Change] | None = None  # recording while a compaction builds
 
@@ -198,7 +197,7 @@ class GalleryIndex:
             for fid, ident in zip(fids.tolist(), iids.tolist(), strict=True):
                 self._members.setdefault(ident, []).append(fid)
             if self._means is not None:
-                self._update_means(iids, self._index.reconstruct(fids), sign=1.0)
+                self._update_means(iids)
 
     def remove_faces(self, face_ids: npt.ArrayLike) -> int:
         """Remove faces by id (N,); returns how many were removed (unknown ids ignored)."""
@@ -207,7 +206,6 @@ class GalleryIndex:
             pos, found = sorted_lookup(self._faces, fids)
             present = np.unique(fids[found])
             gone_idents = self.identities_of(present)
-            gone_vectors = self._index.reconstruct(present) if self._means is not None else None
             removed = self._index.remove(present)
             self._record("faces", present, None)
             self._faces = np.delete(self._faces, np.unique(pos[found]))
@@ -219,34 +217,36 @@ class GalleryIndex:
                 faces.remove(fid)
                 if not faces:
                     del self._members[ident]
-            if gone_vectors is not None:
-                self._update_means(gone_idents, gone_vectors, sign=-1.0)
+            if self._means is not None:
+                self._update_means(gone_idents)
             return removed
 
     def _record(self, target: Literal["faces", "means"], ids: npt.NDArray[np.int64], x: np.ndarray | None) -> None:
         if self._journal is not None and ids.size:
             self._journal.append(_Change(target, ids.copy(), None if x is None else np.array(x, dtype=np.float32)))
 
-    def _update_means(self, idents: npt.NDArray[np.int64], x: npt.NDArray[np.float32], *, sign: float) -> None:
-        """Add (sign 1) or subtract (-1) face vectors from their identities' sums and re-index those means."""
+    def _update_means(self, idents: npt.NDArray[np.int64]) -> None:
+        """Recompute the means of these identities from the faces they hold now, and re-index them.
+
+        Recomputing (rather than keeping running sums) keeps no per-identity state beyond the index, cannot drift,
+        and costs one reconstruction of the touched identities' faces.
+        """
         assert self._means is not None
-        touched, inverse = np.unique(idents, return_inverse=True)
-        delta = np.zeros((touched.size, self.dim))
-        np.add.at(delta, inverse, sign * x.astype(np.float64))
-        for ident, row in zip(touched.tolist(), delta, strict=True):
-            self._sums[ident] = self._sums.get(ident, 0.0) + row
+        touched = np.unique(idents)
         self._means.remove(touched)
         self._record("means", touched, None)
-        alive = np.array([i in self._members for i in touched.tolist()], dtype=bool)
-        for ident in touched[~alive].tolist():
-            self._sums.pop(ident, None)
-        keep = touched[alive]
-        if keep.size:
-            sums = np.stack([self._sums[i] for i in keep.tolist()])
-            norms = np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-            means = (sums / norms).astype(np.float32)
-            self._means.add(keep, means)
-            self._record("means", keep, means)
+        keep = np.array([i for i in touched.tolist() if i in self._members], dtype=np.int64)
+        if not keep.size:
+            return
+        members = [self._members[i] for i in keep.tolist()]
+        faces = np.fromiter((f for group in members for f in group), dtype=np.int64)
+        owner = np.repeat(np.arange(keep.size), [len(group) for group in members])
+        sums = np.zeros((keep.size, self.dim), dtype=np.float64)
+        np.add.at(sums, owner, self._index.reconstruct(faces))
+        norms = np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        means = (sums / norms).astype(np.float32)
+        self._means.add(keep, means)
+        self._record("means", keep, means)
 
     def remove_identity(self, identity_id: int) -> int:
         """Remove all faces of one identity; returns how many faces were removed."""
@@ -422,7 +422,7 @@ class GalleryIndex:
         for fid, ident in zip(face_ids.tolist(), ident_ids.tolist(), strict=True):
             out._members.setdefault(ident, []).append(fid)
         if out._means is not None and face_ids.size:
-            out._update_means(ident_ids, out._index.reconstruct(face_ids), sign=1.0)
+            out._update_means(ident_ids)
         meta: dict[str, Any] = manifest["meta"]
         return out, meta
 

@@ -333,7 +333,9 @@ def test_gallery_mean_identity_score_matches_reference(backend: Any, tmp_path: P
     check_mean_results(loaded.search(xq, 5), xq, face_ids[keep], idents[keep], x[keep], k=5)
 
 
-def test_gallery_over_fetch_with_one_dominant_identity() -> None:
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "fp16"])
+def test_gallery_over_fetch_with_one_dominant_identity(kind: str) -> None:
+    """Many faces of one person crowd the short list; identity-level top-k still finds the others."""
     rng = np.random.default_rng(5)
     centre = unit_vectors(rng, 1)
     big = centre + 0.05 * unit_vectors(rng, 500)  # 500 faces of identity 0, all near the query
@@ -341,15 +343,16 @@ def test_gallery_over_fetch_with_one_dominant_identity() -> None:
     x = np.concatenate([big, others]).astype(np.float32)
     idents = np.concatenate([np.zeros(500, np.int64), np.arange(1, 31)])
     face_ids = np.arange(x.shape[0], dtype=np.int64)
-    g = GalleryIndex(DIM)
+    g = GalleryIndex(DIM, kind=kind)
     g.add(face_ids, idents, x)
+    stored = x if kind == "flat" else x.astype(np.float16).astype(np.float32)  # what fp16 storage holds
     got = g.search(centre, 5)
     assert got[0][0].identity_id == 0
-    check_gallery_results(got, centre, face_ids, idents, x, k=5)
+    check_gallery_results(got, centre, face_ids, idents, stored, k=5)
     # More identities asked for than exist: every identity, once.
     got = g.search(centre, 100)
     assert sorted(h.identity_id for h in got[0]) == list(range(31))
-    check_gallery_results(got, centre, face_ids, idents, x, k=100)
+    check_gallery_results(got, centre, face_ids, idents, stored, k=100)
 
 
 def test_gallery_bad_input_and_empty() -> None:
