@@ -347,7 +347,8 @@ class FaissIndex:
             self._main.add_with_ids(x_arr[~staged], ids_arr[~staged])
         if self._gpu is not None:
             self._gpu.add(ids_arr, x_arr)
-        self._sorted_ids = np.union1d(self._sorted_ids, uniq)
+        # O(N) insertion rather than a re-sort: a single enrolment into a 1M gallery costs a copy, not a sort.
+        self._sorted_ids = np.insert(self._sorted_ids, np.searchsorted(self._sorted_ids, uniq), uniq)
         if self._main is None and self.staged >= self._kind.min_train:
             self._train_from_staging()
         self._ensure_gpu()
@@ -390,7 +391,7 @@ class FaissIndex:
                 removed += int(in_main.size)
         if self._gpu is not None:
             self._gpu.mask(present)
-        self._sorted_ids = np.setdiff1d(self._sorted_ids, present, assume_unique=True)
+        self._sorted_ids = np.delete(self._sorted_ids, np.searchsorted(self._sorted_ids, present))
         if removed != present.size:
             raise IndexCorruptError(f"faiss removed {removed} of {present.size} ids known to be present")
         return removed
