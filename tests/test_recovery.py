@@ -89,9 +89,16 @@ def test_corrupt_snapshot_is_rebuilt(settings: Settings, target: str) -> None:
         rt.close()
 
 
+@pytest.mark.parametrize("index_backend", ["faiss", "milvus"])
 @pytest.mark.parametrize("log_too", [True, False], ids=["restored-backup", "rows-deleted-behind-its-back"])
-def test_snapshot_that_disagrees_with_the_database_is_rebuilt(settings: Settings, log_too: bool) -> None:
-    """A snapshot ahead of the database (restored from backup) or with other faces is not trusted."""
+def test_snapshot_that_disagrees_with_the_database_is_rebuilt(
+    settings: Settings, log_too: bool, index_backend: str
+) -> None:
+    """A snapshot (or Milvus collection) ahead of the database (restored from backup) or with other faces is not
+    trusted."""
+    if index_backend == "milvus":
+        pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (pip install 'facedb[milvus]')")
+    settings = settings.model_copy(update={"index_backend": index_backend})
     rt = start(settings)
     enroll_people(rt, 5)
     rt.close()
