@@ -107,7 +107,7 @@ class Tuning:
 
     hnsw_m: int = 32
     ef_construction: int = 80
-    ef_search: int = 128
+    ef_search: int = 256
     nprobe: int = 32
     k_factor: int = 8
     """IVF-PQ: how many candidates per result are re-ranked exactly."""

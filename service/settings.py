@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         description="FAISS index kind of every gallery; auto = chosen per gallery from its size and the hardware "
         "(README: Search at scale). Changing it converts galleries in the background.",
     )
-    hnsw_ef_search: int = Field(default=128, ge=16, le=4096, description="HNSW kind: candidates kept per search.")
+    hnsw_ef_search: int = Field(default=256, ge=16, le=4096, description="HNSW kind: candidates kept per search.")
     ivf_nprobe: int = Field(default=32, ge=1, le=65536, description="IVF kinds: lists scanned per search.")
     milvus_uri: str = Field(
         default="",
