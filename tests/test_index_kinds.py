@@ -36,7 +36,7 @@ def clustered(rng: np.random.Generator, n: int, centres: int = 300) -> F32:
 def recall_at(index: FaissIndex, ref: BruteForceIndex, xq: F32, k: int) -> float:
     """Mean fraction of the exact top-k ids found; also checks the contract of every row."""
     s, i = index.search(xq, k)
-    rs, ri = ref.search(xq, k)
+    _, ri = ref.search(xq, k)
     live = set(ref.ids().tolist())
     hits = 0
     for row in range(len(xq)):
@@ -154,7 +154,7 @@ def cpu_as_gpu(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     built: list[str] = []
 
     class Config:
-        useFloat16 = False
+        useFloat16 = False  # noqa: N815 (the FAISS attribute it stands in for)
 
     def flat(res: object, dim: int, config: Config) -> Any:
         built.append("flat")
