@@ -46,7 +46,7 @@ def test_health_and_readiness(client: TestClient) -> None:
         "database": True,
         "index_lag": 0,
         "index_faces": 0,
-        "index_kinds": {},
+        "index_kinds": {"1": "flat"},  # the default gallery, exact while small
         "model_version": checks["model_version"],
     }
     card = read_card(default_model_path())
