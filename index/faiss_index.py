@@ -150,6 +150,15 @@ def _new_main(kind: IndexKind, dim: int, tuning: Tuning, n_train: int) -> Any:
     raise ValueError(f"unknown index kind {kind.name!r}")
 
 
+def _trained_main(kind: IndexKind, tuning: Tuning, x: npt.NDArray[np.float32]) -> Any:
+    """An empty structure of `kind` for len(x) vectors, trained on (a sample of at most 64 per IVF list of) x."""
+    main = _new_main(kind, x.shape[1], tuning, len(x))
+    cap = 64 * _nlist(len(x))
+    sample = np.sort(np.random.default_rng(0).choice(len(x), cap, replace=False)) if len(x) > cap else slice(None)
+    main.train(x[sample])
+    return main
+
+
 def _id_map(index: Any) -> npt.NDArray[np.int64]:
     return faiss.vector_to_array(index.id_map).astype(np.int64)
 
@@ -357,8 +366,7 @@ class FaissIndex:
         """Train main on the staged vectors and move them into it."""
         ids = _id_map(self._staging)
         x = self._staging_vectors(ids)
-        main = _new_main(self._kind, self._dim, self._tuning, len(ids))
-        main.train(x)
+        main = _trained_main(self._kind, self._tuning, x)
         main.add_with_ids(x, ids)
         self._main = main
         self._staging.reset()
@@ -526,11 +534,7 @@ class FaissIndex:
         x_arr = as_vectors(x_arr, out._dim)
         min_train = out._kind.min_train
         if min_train and ids_arr.size >= min_train and out._main is None:
-            main = _new_main(out._kind, out._dim, out._tuning, ids_arr.size)
-            rng = np.random.default_rng(0)
-            sample = rng.choice(ids_arr.size, min(ids_arr.size, 64 * _nlist(ids_arr.size)), replace=False)
-            main.train(x_arr[np.sort(sample)])
-            out._main = main
+            out._main = _trained_main(out._kind, out._tuning, x_arr)
         out.add(ids_arr, x_arr)
         return out
 
