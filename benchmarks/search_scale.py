@@ -239,7 +239,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     kind = args.kind or choose_kind(args.faces, gpu=gpu_available())
     if args.level == "identity":
         gallery = identity_level(gallery)
-    tuning = Tuning(hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef, nprobe=args.nprobe)
+    tuning = Tuning(
+        hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        ef_search=args.ef,
+        nprobe=args.nprobe,
+        rerank=args.rerank,
+    )
     exact: Any = GpuExact(gallery.x) if KINDS[kind].gpu else build("flat", gallery.x, tuning)[0]
     index, build_s = build(kind, gallery.x, tuning)
     faiss.omp_set_num_threads(args.threads)
@@ -279,6 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ef_construction": args.ef_construction,
             "ef_search": args.ef,
             "nprobe": args.nprobe,
+            "rerank": args.rerank,
         },
         "queries": args.queries,
     }
@@ -306,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--hnsw-m", type=int, default=DEFAULTS.hnsw_m, help="HNSW links per vector")
     p.add_argument("--ef-construction", type=int, default=DEFAULTS.ef_construction, help="HNSW efConstruction")
     p.add_argument("--nprobe", type=int, default=DEFAULTS.nprobe, help="IVF lists scanned")
+    p.add_argument("--rerank", type=int, default=DEFAULTS.rerank, help="ivfpq: candidates re-ranked exactly")
     p.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads for search (the service's is 1)")
     p.add_argument("--build-threads", type=int, default=2, help="FAISS OpenMP threads for building")
     p.add_argument("--seed", type=int, default=0)

@@ -389,8 +389,10 @@ class GalleryIndex:
         *,
         backend: Backend = "faiss",
         identity_score: IdentityScore = "best",
+        tuning: Tuning | None = None,
     ) -> tuple[GalleryIndex, dict[str, Any]]:
-        """Read a directory written by `save`; returns (index, meta). The index keeps the kind it was saved as.
+        """Read a directory written by `save`; returns (index, meta). The index keeps the kind it was saved as, and
+        searches with the search parameters of `tuning` when given.
 
         Raises IndexCorruptError on a missing/unreadable file, bad manifest, checksum mismatch,
         or any disagreement between the manifest, the face table and the vector index.
@@ -412,6 +414,8 @@ class GalleryIndex:
             raise IndexCorruptError("negative identity id in face table")
         if int(np.unique(ident_ids).size) != manifest["n_identities"]:
             raise IndexCorruptError("identity count differs from manifest")
+        if tuning is not None:
+            index.set_search_tuning(tuning)
         if backend == "faiss":
             out = cls(dim, backend=backend, kind=index.kind, tuning=index.tuning, identity_score=identity_score)
             out._index = index

@@ -206,7 +206,11 @@ class FaceService:
             identity_score=self.settings.identity_score,
             backfill=lambda face_ids: self.backfill_templates(info.id, embedder, face_ids),
             kind=self.settings.index_kind,
-            tuning=Tuning(ef_search=self.settings.hnsw_ef_search, nprobe=self.settings.ivf_nprobe),
+            tuning=Tuning(
+                ef_search=self.settings.hnsw_ef_search,
+                nprobe=self.settings.ivf_nprobe,
+                rerank=self.settings.ivf_rerank,
+            ),
             milvus_uri=self.settings.resolved_milvus_uri,
             milvus_token=self.settings.milvus_token.get_secret_value() if self.settings.milvus_token else "",
         )

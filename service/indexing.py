@@ -39,11 +39,13 @@ log = logging.getLogger(__name__)
 _BATCH = 5_000
 
 # Gallery sizes in faces (the face and mean indexes of a gallery share one kind) where `choose_kind` moves from
-# exact search to HNSW and back; the gap keeps a gallery near the boundary from converting back and forth.
-# Measured in benchmarks/README.md (Search at scale): exact search costs ~0.035-0.045 ms per 1,000 vectors on one core.
-HNSW_FROM = 50_000
+# exact search to the approximate CPU kind and back; the gap keeps a gallery near the boundary from converting back
+# and forth. Measured in benchmarks/README.md (Search at scale): exact search costs ~0.035-0.045 ms per 1,000 vectors
+# on one core, so ~2 ms at 50,000.
+APPROXIMATE_FROM = 50_000
 FLAT_BELOW = 25_000
 GPU_IVF_FROM = 20_000_000
+CPU_APPROXIMATE = "ivfpq"
 
 Backend = Literal["faiss", "numpy", "milvus"]
 
@@ -51,15 +53,16 @@ Backend = Literal["faiss", "numpy", "milvus"]
 def choose_kind(n: int, *, gpu: bool, current: str | None = None) -> str:
     """The index kind for a gallery of ``n`` faces.
 
-    CPU: exact float32 ("flat") below `HNSW_FROM`, HNSW over float16 from there (1.5 ms p50 at 1M faces against
-    exact search's 45 ms, recall@1 0.92: benchmarks/README.md); a gallery already on HNSW stays there until it
-    shrinks below `FLAT_BELOW`.
+    CPU: exact float32 ("flat") below `APPROXIMATE_FROM`, IVF with fast-scan PQ codes and exact re-ranking
+    ("ivfpq") from there (at 1M faces: 1.6-1.8 ms p50 and recall@1 0.994 against exact search's 17 ms, where HNSW
+    gave 0.916 at 1.1 ms: benchmarks/README.md); a gallery already on it stays there until it shrinks below
+    `FLAT_BELOW`.
     GPU: exact float16 on the device ("gpu_flat") up to `GPU_IVF_FROM`, IVF on the device beyond.
     """
     if gpu:
         return "gpu_ivf" if n >= GPU_IVF_FROM else "gpu_flat"
-    if n >= HNSW_FROM or (current == "hnsw" and n >= FLAT_BELOW):
-        return "hnsw"
+    if n >= APPROXIMATE_FROM or (current == CPU_APPROXIMATE and n >= FLAT_BELOW):
+        return CPU_APPROXIMATE
     return "flat"
 
 
@@ -156,7 +159,7 @@ class IndexManager:
         if path is None or not (path / "manifest.json").exists():
             return None
         try:
-            index, meta = GalleryIndex.load(path, identity_score=self._identity_score)
+            index, meta = GalleryIndex.load(path, identity_score=self._identity_score, tuning=self._tuning)
         except IndexCorruptError as exc:
             log.warning(
                 "index snapshot for gallery %d is unusable (%s); rebuilding from the database",
@@ -395,7 +398,7 @@ class IndexManager:
     def maintain(self, *, wait: bool = False) -> str | None:
         """Convert one gallery whose size calls for another kind, or compact one with many tombstones, in a
         background thread (one at a time; the gallery keeps serving and taking changes). Returns what it started
-        ("gallery 3: flat -> hnsw"), or None. ``wait`` joins the thread (tests, CLI)."""
+        ("gallery 3: flat -> ivfpq"), or None. ``wait`` joins the thread (tests, CLI)."""
         if self._backend != "faiss" or (self._maintenance is not None and self._maintenance.is_alive()):
             return None
         for gallery_id, index in list(self._indexes.items()):

@@ -45,7 +45,12 @@ class Settings(BaseSettings):
         "(README: Search at scale). Changing it converts galleries in the background.",
     )
     hnsw_ef_search: int = Field(default=256, ge=16, le=4096, description="HNSW kind: candidates kept per search.")
-    ivf_nprobe: int = Field(default=32, ge=1, le=65536, description="IVF kinds: lists scanned per search.")
+    ivf_nprobe: int = Field(
+        default=1280, ge=1, le=65536, description="IVF kinds: lists scanned per search (of ~4 sqrt(n) for n faces)."
+    )
+    ivf_rerank: int = Field(
+        default=700, ge=10, le=100_000, description="ivfpq kind: candidates re-ranked exactly from float32 per search."
+    )
     milvus_uri: str = Field(
         default="",
         description="Milvus address (http://host:19530) or a milvus-lite file (*.db); empty = data_dir/milvus.db.",

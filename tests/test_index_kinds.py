@@ -69,7 +69,8 @@ def churn(index: FaissIndex, ref: BruteForceIndex, rng: np.random.Generator, n: 
 
 def check_kind(kind: str, n: int, seed: int = 0) -> FaissIndex:
     rng = np.random.default_rng(seed)
-    index, ref = FaissIndex(DIM, kind=kind, tuning=Tuning(nprobe=16)), BruteForceIndex(DIM)
+    # about a third of the IVF lists, as the default scans at 1M faces
+    index, ref = FaissIndex(DIM, kind=kind, tuning=Tuning(nprobe=128)), BruteForceIndex(DIM)
     churn(index, ref, rng, n)
     xq = clustered(rng, 50)
     assert recall_at(index, ref, xq, 10) >= RECALL_FLOOR[kind]
@@ -134,6 +135,34 @@ def test_kind_change_and_snapshot_round_trip(tmp_path: Any) -> None:
         FaissIndex.load(path, kind="flat")
     as_flat = loaded.compacted(kind="flat")
     assert as_flat.kind == "flat" and as_flat.ntotal == index.ntotal
+
+
+def test_ivfpq_snapshot_and_single_queries_agree_with_batches(tmp_path: Any) -> None:
+    index = check_kind("ivfpq", 12_000, seed=7)
+    index.save(tmp_path / "i.npz")
+    loaded = FaissIndex.load(tmp_path / "i.npz", kind="ivfpq")
+    xq = clustered(np.random.default_rng(8), 20)
+    batch = index.search(xq, 10)
+    for a, b in zip(batch, loaded.search(xq, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # one query and a batch take different fast-scan implementations; the answers are the same
+    singles = [index.search(q[None], 10) for q in xq]
+    np.testing.assert_array_equal(np.concatenate([i for _, i in singles]), batch[1])
+    np.testing.assert_allclose(np.concatenate([s for s, _ in singles]), batch[0], rtol=1e-6)
+
+
+def test_snapshot_searches_with_the_tuning_it_is_loaded_under(tmp_path: Any) -> None:
+    rng = np.random.default_rng(6)
+    g = GalleryIndex(DIM, kind="hnsw", tuning=Tuning(hnsw_m=8, ef_search=16), identity_score="mean")
+    x = clustered(rng, 500)
+    g.add(np.arange(500), np.arange(500) // 5, x)
+    g.save(tmp_path / "g", meta={})
+    as_saved, _ = GalleryIndex.load(tmp_path / "g", identity_score="mean")
+    assert as_saved._index.tuning == Tuning(hnsw_m=8, ef_search=16)  # type: ignore[attr-defined]
+    loaded, _ = GalleryIndex.load(tmp_path / "g", identity_score="mean", tuning=Tuning(ef_search=300, nprobe=7))
+    # search parameters follow the settings; the graph keeps the links it was built with
+    for part in (loaded._index, loaded._means):
+        assert part.tuning == Tuning(hnsw_m=8, ef_search=300, nprobe=7)  # type: ignore[union-attr]
 
 
 def test_snapshot_with_stray_tombstone_is_corrupt(tmp_path: Any) -> None:

@@ -37,7 +37,7 @@ def after_restart(settings: Settings, seed: int) -> tuple[dict[int, str], list[t
 def test_kind_follows_gallery_size_while_serving(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(indexing, "HNSW_FROM", 6)
+    monkeypatch.setattr(indexing, "APPROXIMATE_FROM", 6)
     monkeypatch.setattr(indexing, "FLAT_BELOW", 4)
     settings = make_settings()
     rt = start(settings)
@@ -46,19 +46,42 @@ def test_kind_follows_gallery_size_while_serving(
         indexes = rt.service.indexes
         assert indexes.kinds() == {1: "flat"} and indexes.maintain(wait=True) is None
         enroll_people(rt, 2, seed=1)
-        assert indexes.maintain(wait=True) == "gallery 1: flat -> hnsw"
-        assert indexes.kinds() == {1: "hnsw"}
+        assert indexes.maintain(wait=True) == "gallery 1: flat -> ivfpq"
+        assert indexes.kinds() == {1: "ivfpq"}
         assert top(rt, 1001)[0] == ("s1-1", 1.0)
-        for ident in (1, 2, 3):  # tombstoned in HNSW, gone from answers at once
+        for ident in (1, 2, 3):  # gone from answers at once
             rt.service.delete_identity("default", ident)
         assert {"s0-0", "s0-1", "s0-2"}.isdisjoint(e for e, _ in top(rt, 0))
-        assert indexes.maintain(wait=True) is None  # 4 faces: above FLAT_BELOW, stays HNSW
+        assert indexes.maintain(wait=True) is None  # 4 faces: above FLAT_BELOW, stays ivfpq
         rt.service.delete_identity("default", 4)
-        assert indexes.maintain(wait=True) == "gallery 1: hnsw -> flat"
+        assert indexes.maintain(wait=True) == "gallery 1: ivfpq -> flat"
         expected = top(rt, 1000)
     finally:
         rt.close()
     assert after_restart(settings, 1000) == ({1: "flat"}, expected)
+
+
+def test_search_settings_reach_the_index_and_a_loaded_snapshot(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def tuning(rt: Runtime) -> tuple[int, int, int]:
+        t = rt.service.indexes._indexes[1]._index.tuning  # type: ignore[union-attr]
+        return t.nprobe, t.rerank, t.hnsw_m
+
+    rt = start(make_settings(index_kind="ivfpq", ivf_nprobe=64, ivf_rerank=100))
+    try:
+        enroll_people(rt, 3)
+        assert tuning(rt) == (64, 100, 32)
+        expected = top(rt, 1)
+    finally:
+        rt.close()
+    monkeypatch.setattr(indexing.IndexManager, "_rebuild", lambda *_: pytest.fail("rebuilt, not loaded"))
+    rt = start(make_settings(index_kind="ivfpq", ivf_nprobe=2000, ivf_rerank=900))
+    try:
+        assert rt.service.indexes.lag() == 0 and tuning(rt) == (2000, 900, 32)
+        assert top(rt, 1) == expected
+    finally:
+        rt.close()
 
 
 def test_index_kind_setting_and_snapshot_with_tombstones(make_settings: Callable[..., Settings]) -> None:
