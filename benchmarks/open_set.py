@@ -264,6 +264,10 @@ def load_view(cache: Path, view: str) -> Faces:
         identities.append(np.array([SAME_PERSON.get(str(i), str(i)) for i in meta["identity"]]))
         found.append(meta["found"])
         parts.append(np.concatenate(comps, axis=1) / np.sqrt(len(comps)))
+    if not identities:
+        raise FileNotFoundError(
+            f"no cached embeddings in {cache}: run `python -m benchmarks.open_set embed --models sface` first"
+        )
     identity = np.concatenate(identities)
     return Faces(
         identity=identity,

@@ -320,7 +320,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--json", action="store_true", help="only the JSON line")
     args = p.parse_args(argv)
-    result = run(args)
+    try:
+        result = run(args)
+    except FileNotFoundError as exc:
+        p.error(str(exc))
     if not args.json:
         for key in ("kind", "faces", "p50_ms", "p99_ms", "recall_at_1", "exact_p50_ms", "memory_bytes", "raw_bytes"):
             print(f"{key:>14}: {result[key]}", file=sys.stderr)
