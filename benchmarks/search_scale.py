@@ -285,6 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ef_construction": args.ef_construction,
             "ef_search": args.ef,
             "nprobe": args.nprobe,
+            "nprobe_used": index.nprobe,
             "rerank": args.rerank,
         },
         "queries": args.queries,
@@ -312,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--ef", type=int, default=DEFAULTS.ef_search, help="HNSW efSearch")
     p.add_argument("--hnsw-m", type=int, default=DEFAULTS.hnsw_m, help="HNSW links per vector")
     p.add_argument("--ef-construction", type=int, default=DEFAULTS.ef_construction, help="HNSW efConstruction")
-    p.add_argument("--nprobe", type=int, default=DEFAULTS.nprobe, help="IVF lists scanned")
+    p.add_argument("--nprobe", type=int, default=DEFAULTS.nprobe, help="IVF lists scanned (0: automatic)")
     p.add_argument("--rerank", type=int, default=DEFAULTS.rerank, help="ivfpq: candidates re-ranked exactly")
     p.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads for search (the service's is 1)")
     p.add_argument("--build-threads", type=int, default=2, help="FAISS OpenMP threads for building")

@@ -3,7 +3,7 @@ and identity-level search with persistence (`GalleryIndex`)."""
 
 from index.base import IndexCorruptError, VectorIndex
 from index.brute_force import BruteForceIndex
-from index.faiss_index import KINDS, FaissIndex, IndexKind, Tuning, gpu_available, set_search_threads
+from index.faiss_index import KINDS, FaissIndex, IndexKind, Tuning, auto_nprobe, gpu_available, set_search_threads
 from index.gallery import GalleryIndex, Hit
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "IndexKind",
     "Tuning",
     "VectorIndex",
+    "auto_nprobe",
     "gpu_available",
     "set_search_threads",
 ]

@@ -35,7 +35,7 @@ from index.base import (
     sorted_lookup,
 )
 
-__all__ = ["KINDS", "FaissIndex", "IndexKind", "Tuning", "gpu_available", "set_search_threads"]
+__all__ = ["KINDS", "FaissIndex", "IndexKind", "Tuning", "auto_nprobe", "gpu_available", "set_search_threads"]
 
 # FAISS's bundled type stubs lag its SWIG API (overloads, newer classes); these calls go through an untyped alias.
 _faiss: Any = faiss
@@ -109,11 +109,24 @@ class Tuning:
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 256
-    nprobe: int = 1280
-    """IVF kinds: lists scanned per search (at most all of them: about 4 sqrt(n) lists for n vectors)."""
+    nprobe: int = 0
+    """IVF kinds: lists scanned per search (of about 4 sqrt(n) for n vectors); 0 = `auto_nprobe`."""
     rerank: int = 700
     """IVF-PQ: candidates re-ranked exactly from float32 (at least ``k_factor`` per result asked for)."""
     k_factor: int = 2
+
+
+# The automatic IVF search effort: at least AUTO_NPROBE_MIN lists (all of them up to ~100,000 vectors) and
+# AUTO_NPROBE_SHARE of the lists beyond, the share that gives recall@1 0.994 at 1M faces (benchmarks/README.md);
+# with a fixed count a growing gallery would scan an ever smaller share and lose recall.
+AUTO_NPROBE_MIN = 1280
+AUTO_NPROBE_SHARE = 0.32
+
+
+def auto_nprobe(tuning: Tuning, nlist: int, *, gpu: bool = False) -> int:
+    """Lists to scan of `nlist`: ``tuning.nprobe`` if set, else the automatic effort (capped by the GPU's limit)."""
+    n = tuning.nprobe or max(AUTO_NPROBE_MIN, int(np.ceil(AUTO_NPROBE_SHARE * nlist)))
+    return min(n, nlist, _GPU_MAX_K) if gpu else min(n, nlist)
 
 
 def gpu_available() -> bool:
@@ -231,14 +244,14 @@ class _GpuCopy:
         self._masked = np.union1d(self._masked, np.flatnonzero(np.isin(self._pos_to_id, ids)))
 
     def search(
-        self, q: npt.NDArray[np.float32], k: int, nprobe: int
+        self, q: npt.NDArray[np.float32], k: int, tuning: Tuning
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None:
         """Results (ids -1 where none) of the k best live vectors, or None when the GPU cannot fetch that many."""
         fetch = min(k + self._masked.size, self._pos_to_id.size)
         if fetch > _GPU_MAX_K:
             return None
         if self._kind.name == "gpu_ivf":
-            self._index.nprobe = nprobe
+            self._index.nprobe = auto_nprobe(tuning, int(self._index.nlist), gpu=True)
         scores, pos = self._index.search(q, fetch)
         s, p = _drop_ids(np.asarray(scores, dtype=np.float32), np.asarray(pos, dtype=np.int64), self._masked, k)
         return s, np.where(p >= 0, self._pos_to_id[np.maximum(p, 0)], -1)
@@ -325,6 +338,13 @@ class FaissIndex:
     def uses_gpu(self) -> bool:
         """Whether searches go to a GPU copy."""
         return self._kind.gpu
+
+    @property
+    def nprobe(self) -> int | None:
+        """Lists an ivfpq search scans now (`auto_nprobe`); None for other kinds or before training."""
+        if self._kind.name != "ivfpq" or self._main is None:
+            return None
+        return auto_nprobe(self._tuning, int(faiss.extract_index_ivf(self._main).nlist))
 
     @property
     def staged(self) -> int:
@@ -457,7 +477,7 @@ class FaissIndex:
         if kk == 0 or m == 0:
             return scores, out_ids
         exhaustive = self._kind.approximate and 2 * kk >= self.ntotal
-        found = self._gpu.search(q, kk, self._tuning.nprobe) if self._gpu is not None and not exhaustive else None
+        found = self._gpu.search(q, kk, self._tuning) if self._gpu is not None and not exhaustive else None
         if exhaustive:
             # Asked for most of the index (identity search widening its fetch): a graph or IVF walk may not
             # reach every vector, and scoring them all costs about as much as returning them.
@@ -507,7 +527,7 @@ class FaissIndex:
             candidates = self._tuning.rerank + int(self._tombstones.size)
             refine.k_factor = float(max(self._tuning.k_factor, candidates / k))
             ivf = faiss.SearchParametersIVF()
-            ivf.nprobe = self._tuning.nprobe
+            ivf.nprobe = auto_nprobe(self._tuning, int(faiss.extract_index_ivf(self._main).nlist))
             refine.base_index_params = ivf
             refine.keep_alive = ivf  # the C++ side only points at it
             return refine

@@ -46,7 +46,10 @@ class Settings(BaseSettings):
     )
     hnsw_ef_search: int = Field(default=256, ge=16, le=4096, description="HNSW kind: candidates kept per search.")
     ivf_nprobe: int = Field(
-        default=1280, ge=1, le=65536, description="IVF kinds: lists scanned per search (of ~4 sqrt(n) for n faces)."
+        default=0,
+        ge=0,
+        le=65536,
+        description="IVF kinds: lists scanned per search, of ~4 sqrt(n) for n faces (0: 32% of them, at least 1280).",
     )
     ivf_rerank: int = Field(
         default=700, ge=10, le=100_000, description="ivfpq kind: candidates re-ranked exactly from float32 per search."

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from index import KINDS, BruteForceIndex, FaissIndex, GalleryIndex, IndexCorruptError, Tuning
+from index import KINDS, BruteForceIndex, FaissIndex, GalleryIndex, IndexCorruptError, Tuning, auto_nprobe
 from index import gallery as gallery_module
 
 DIM = 32
@@ -258,3 +258,14 @@ def test_gallery_compaction_replays_changes_made_during_the_build(
     agree = np.mean([a[0].identity_id == b[0].identity_id for a, b in zip(got, want, strict=True)])
     assert agree >= 0.95
     assert not np.isin(faces[:300], g.face_ids()).any()
+
+
+def test_automatic_ivf_effort_keeps_its_share_as_the_gallery_grows() -> None:
+    auto = Tuning()
+    assert auto_nprobe(auto, 438) == 438  # a small gallery: every list
+    assert auto_nprobe(auto, 4000) == 1280  # 1M faces: the measured setting
+    assert auto_nprobe(auto, 8944) == 2863  # 5M faces: the same 32%, not a shrinking share
+    assert auto_nprobe(auto, 17889, gpu=True) == 2048  # the GPU's limit
+    assert auto_nprobe(Tuning(nprobe=64), 4000) == 64  # a setting wins
+    index = FaissIndex.from_vectors(np.arange(12_000), clustered(np.random.default_rng(9), 12_000), kind="ivfpq")
+    assert index.nprobe == auto_nprobe(auto, 438) == 438
