@@ -181,7 +181,7 @@ def _set_fast_scan(main: Any, queries: int) -> None:
     FAISS's own choice (59 against 85 ms for 64 queries).
     """
     ivf = _faiss.downcast_index(faiss.extract_index_ivf(main))
-    if isinstance(ivf, _faiss.IndexIVFFastScan):  # snapshots from before fast-scan hold a plain IndexIVFPQ
+    if isinstance(ivf, _faiss.IndexIVFFastScan):  # older snapshots hold a plain IndexIVFPQ until compacted
         ivf.implem = 10 if queries == 1 else 0
 
 
@@ -344,6 +344,9 @@ class FaissIndex:
         """Lists an ivfpq search scans now (`auto_nprobe`); None for other kinds or before training."""
         if self._kind.name != "ivfpq" or self._main is None:
             return None
+        return self._main_nprobe()
+
+    def _main_nprobe(self) -> int:
         return auto_nprobe(self._tuning, int(faiss.extract_index_ivf(self._main).nlist))
 
     @property
@@ -358,15 +361,21 @@ class FaissIndex:
 
     @property
     def needs_compaction(self) -> bool:
-        """Whether `compacted` would pay off: many tombstones, a large staging index, or IVF lists trained for a
-        gallery a quarter of today's size."""
+        """Whether `compacted` would pay off: many tombstones, a large staging index, IVF lists trained for a
+        gallery a quarter of today's size, or an ivfpq structure of an older layout."""
         n = max(self.ntotal, 1)
         if self.tombstones > max(1000, n // 10):
             return True
         if self._main is not None and self.staged > max(10_000, n // 20):
             return True
         trained_for = self._tuning_trained_for()
-        return trained_for is not None and n > 4 * trained_for
+        return (trained_for is not None and n > 4 * trained_for) or self._outdated_structure()
+
+    def _outdated_structure(self) -> bool:
+        """An ivfpq snapshot from before fast-scan (8-bit PQ codes, too slow for today's search effort)."""
+        if self._kind.name != "ivfpq" or self._main is None:
+            return False
+        return not isinstance(_faiss.downcast_index(faiss.extract_index_ivf(self._main)), _faiss.IndexIVFFastScan)
 
     def _tuning_trained_for(self) -> int | None:
         if self._kind.name != "ivfpq" or self._main is None:
@@ -527,7 +536,7 @@ class FaissIndex:
             candidates = self._tuning.rerank + int(self._tombstones.size)
             refine.k_factor = float(max(self._tuning.k_factor, candidates / k))
             ivf = faiss.SearchParametersIVF()
-            ivf.nprobe = auto_nprobe(self._tuning, int(faiss.extract_index_ivf(self._main).nlist))
+            ivf.nprobe = self._main_nprobe()
             refine.base_index_params = ivf
             refine.keep_alive = ivf  # the C++ side only points at it
             return refine

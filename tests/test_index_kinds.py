@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from index import KINDS, BruteForceIndex, FaissIndex, GalleryIndex, IndexCorruptError, Tuning, auto_nprobe
+from index import KINDS, BruteForceIndex, FaissIndex, GalleryIndex, IndexCorruptError, Tuning, auto_nprobe, faiss_index
 from index import gallery as gallery_module
 
 DIM = 32
@@ -149,6 +149,25 @@ def test_ivfpq_snapshot_and_single_queries_agree_with_batches(tmp_path: Any) -> 
     singles = [index.search(q[None], 10) for q in xq]
     np.testing.assert_array_equal(np.concatenate([i for _, i in singles]), batch[1])
     np.testing.assert_allclose(np.concatenate([s for s, _ in singles]), batch[0], rtol=1e-6)
+
+
+def test_ivfpq_of_the_layout_before_fast_scan_asks_to_be_rebuilt(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(10)
+    x = clustered(rng, 12_000)
+    with monkeypatch.context() as patch:  # the structure older versions built
+        patch.setattr(faiss_index, "_ivfpq_spec", lambda dim, nlist: f"IVF{nlist},PQ8x8,RFlat")
+        FaissIndex.from_vectors(np.arange(12_000), x, kind="ivfpq").save(tmp_path / "old.npz")
+    old = FaissIndex.load(tmp_path / "old.npz", kind="ivfpq")
+    assert old.needs_compaction  # a snapshot of that layout still loads and answers, and asks for a rebuild
+    _, before = old.search(x[:20], 5)
+    new = old.compacted()
+    assert not new.needs_compaction
+    assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(new._main)), faiss.IndexIVFPQFastScan)
+    _, after = new.search(x[:20], 5)
+    np.testing.assert_array_equal(before[:, 0], np.arange(20))
+    np.testing.assert_array_equal(after[:, 0], np.arange(20))
 
 
 def test_snapshot_searches_with_the_tuning_it_is_loaded_under(tmp_path: Any) -> None:
