@@ -54,7 +54,7 @@ def choose_kind(n: int, *, gpu: bool, current: str | None = None) -> str:
     """The index kind for a gallery of ``n`` faces.
 
     CPU: exact float32 ("flat") below `APPROXIMATE_FROM`, IVF with fast-scan PQ codes and exact re-ranking
-    ("ivfpq") from there (at 1M faces: 1.6-2.2 ms p50 and recall@1 0.994 against exact search's 17-21 ms, where HNSW
+    ("ivfpq") from there (at 1M faces: 1.6-2.6 ms p50 and recall@1 0.994 against exact search's 17-26 ms, where HNSW
     gave 0.916 at 1.1 ms: benchmarks/README.md); a gallery already on it stays there until it shrinks below
     `FLAT_BELOW`.
     GPU: exact float16 on the device ("gpu_flat") up to `GPU_IVF_FROM`, IVF on the device beyond.
