@@ -174,13 +174,12 @@ def _ivfpq_spec(dim: int, nlist: int) -> str:
     return f"{pca}IVF{nlist},PQ{subquantizers}x4fs,RFlat"
 
 
-def _set_fast_scan(main: Any, queries: int) -> None:
-    """Pick an ivfpq structure's fast-scan implementation for a search of `queries` vectors (a run-time setting).
+def _set_fast_scan(ivf: Any, queries: int) -> None:
+    """Pick the fast-scan implementation of an ivfpq IVF for a search of `queries` vectors (a run-time setting).
 
     One query: build its look-up tables once for all the lists it scans (1.5 against 1.8 ms at 1M faces); a batch:
     FAISS's own choice (59 against 85 ms for 64 queries).
     """
-    ivf = _faiss.downcast_index(faiss.extract_index_ivf(main))
     if isinstance(ivf, _faiss.IndexIVFFastScan):  # older snapshots hold a plain IndexIVFPQ until compacted
         ivf.implem = 10 if queries == 1 else 0
 
@@ -344,10 +343,11 @@ class FaissIndex:
         """Lists an ivfpq search scans now (`auto_nprobe`); None for other kinds or before training."""
         if self._kind.name != "ivfpq" or self._main is None:
             return None
-        return self._main_nprobe()
+        return auto_nprobe(self._tuning, int(self._main_ivf().nlist))
 
-    def _main_nprobe(self) -> int:
-        return auto_nprobe(self._tuning, int(faiss.extract_index_ivf(self._main).nlist))
+    def _main_ivf(self) -> Any:
+        """The IVF structure inside main (IVF kinds, once trained), downcast."""
+        return _faiss.downcast_index(faiss.extract_index_ivf(self._main))
 
     @property
     def staged(self) -> int:
@@ -375,12 +375,12 @@ class FaissIndex:
         """An ivfpq snapshot from before fast-scan (8-bit PQ codes, too slow for today's search effort)."""
         if self._kind.name != "ivfpq" or self._main is None:
             return False
-        return not isinstance(_faiss.downcast_index(faiss.extract_index_ivf(self._main)), _faiss.IndexIVFFastScan)
+        return not isinstance(self._main_ivf(), _faiss.IndexIVFFastScan)
 
     def _tuning_trained_for(self) -> int | None:
         if self._kind.name != "ivfpq" or self._main is None:
             return None
-        nlist = int(faiss.extract_index_ivf(self._main.index).nlist)
+        nlist = int(self._main_ivf().nlist)
         return int((nlist / 4) ** 2)
 
     def set_search_tuning(self, tuning: Tuning) -> None:
@@ -520,13 +520,12 @@ class FaissIndex:
             params.sel = self._selector[0]
             return self._raw(self._main, q, k, params)
         fetch = min(k + int(self._tombstones.size), int(self._main.ntotal))
-        if self._kind.name == "ivfpq":
-            _set_fast_scan(self._main, q.shape[0])
-        s, i = self._raw(self._main, q, fetch, self._search_params(fetch))
+        s, i = self._raw(self._main, q, fetch, self._search_params(fetch, queries=q.shape[0]))
         return _drop_ids(s, i, self._tombstones, k)
 
-    def _search_params(self, k: int) -> Any:
-        """FAISS search parameters for fetching k results from main."""
+    def _search_params(self, k: int, *, queries: int = 1) -> Any:
+        """FAISS search parameters for fetching k results from main for `queries` vectors (ivfpq: also picks the
+        fast-scan kernel for that many)."""
         if self._kind.name == "hnsw":
             return _faiss.SearchParametersHNSW(efSearch=max(self._tuning.ef_search, k))
         if self._kind.name == "ivfpq":
@@ -535,8 +534,10 @@ class FaissIndex:
             # k is; tombstoned candidates widen it.
             candidates = self._tuning.rerank + int(self._tombstones.size)
             refine.k_factor = float(max(self._tuning.k_factor, candidates / k))
+            structure = self._main_ivf()
+            _set_fast_scan(structure, queries)
             ivf = faiss.SearchParametersIVF()
-            ivf.nprobe = self._main_nprobe()
+            ivf.nprobe = auto_nprobe(self._tuning, int(structure.nlist))
             refine.base_index_params = ivf
             refine.keep_alive = ivf  # the C++ side only points at it
             return refine
