@@ -479,12 +479,14 @@ def enrolment_run(
     conflict_fpir: float,
     mismatch_far: float,
     photos: int = 1,
+    identity_score: str = "mean",
 ) -> dict[str, Any]:
     """Enrol every person in data-set order, each with up to ``photos`` photos (one fewer where that leaves none to
-    hold out), with the service's checks: a photo is refused as a conflict when another person's face scores at or
-    above the 1:N conflict threshold for the faces enrolled so far, and as a mismatch when it scores below the 1:1
-    mismatch threshold against its own person's faces. Then each person's next photo is enrolled under a new id:
-    caught when the check names that person. Also a stranger's photo added to a person: accepted when it passes."""
+    hold out), with the service's checks: a photo is refused as a conflict when another person scores (by the
+    normalised mean of their faces, or their best face: ``identity_score``) at or above the 1:N conflict threshold
+    for the faces enrolled so far, and as a mismatch when it scores below the 1:1 mismatch threshold against its own
+    person's faces. Then each person's next photo is enrolled under a new id: caught when the check names that
+    person. Also a stranger's photo added to a person: accepted when it passes."""
     people: dict[str, list[int]] = {}
     for i, (name, sp) in enumerate(zip(faces.identity, faces.split, strict=True)):
         if (split is None or sp == split) and faces.found[i]:
@@ -502,30 +504,27 @@ def enrolment_run(
     mismatch = np.zeros(len(rows), dtype=bool)
     t_mismatch = cal.threshold_at_far(mismatch_far)
     refusals = []
+    sums = np.zeros((len(people), x.shape[1]), dtype=np.float64)  # each person's accepted faces, summed
     for start in range(0, len(rows), 512):
         block = x[start : start + 512] @ x.T
         for r in range(block.shape[0]):
             i = start + r
             prior = accepted[:i]
-            others = prior & (lab[:i] != lab[i])
-            if others.any():
-                scores = np.where(others, block[r, :i], -2.0)
-                j = int(np.argmax(scores))
-                if scores[j] >= cal.threshold(int(prior.sum()), conflict_fpir):
-                    conflict[i] = True
-                    refusals.append(
-                        (str(faces.identity[rows[i]]), str(faces.identity[rows[j]]), round(float(scores[j]), 4))
-                    )
-                    continue
+            other, score = _best_other(block[r, :i], prior, lab[:i], lab[i], sums, x[i], identity_score)
+            if other >= 0 and score >= cal.threshold(int(prior.sum()), conflict_fpir):
+                conflict[i] = True
+                refusals.append((str(faces.identity[rows[i]]), list(people)[other], round(score, 4)))
+                continue
             own = prior & (lab[:i] == lab[i])
             if own.any() and block[r, :i][own].max() < t_mismatch:
                 mismatch[i] = True
                 continue
             accepted[i] = True
+            sums[lab[i]] += x[i]
     enrolled = np.unique(lab[accepted])
     t_conflict = cal.threshold(int(accepted.sum()), conflict_fpir)
     tried = [k for k in held if k in set(enrolled.tolist())]
-    hits = search(x[accepted], lab[accepted], faces.x[[held[k] for k in tried]], 1)
+    hits = search(x[accepted], lab[accepted], faces.x[[held[k] for k in tried]], 1, identity_score)
     caught = [h[0].identity_id == k and h[0].score >= t_conflict for k, h in zip(tried, hits, strict=True)]
     wrong = [h[0].identity_id != k and h[0].score >= t_conflict for k, h in zip(tried, hits, strict=True)]
     firsts = np.array([rows[int(np.flatnonzero(lab == k)[0])] for k in enrolled])
@@ -535,6 +534,7 @@ def enrolment_run(
     return {
         "people": len(people),
         "photos_per_person": photos,
+        "identity_score": identity_score,
         "photos": len(rows),
         "conflict_fpir": conflict_fpir,
         "people_refused_as_conflicts": len(person_refused),
@@ -550,6 +550,35 @@ def enrolment_run(
         "mismatch_threshold": round(t_mismatch, 4),
         "stranger_added_accepted": round(float((impostor >= t_mismatch).mean()), 4),
     }
+
+
+def _best_other(
+    scores: np.ndarray,
+    prior: np.ndarray,
+    labels: np.ndarray,
+    label: int,
+    sums: np.ndarray,
+    face: np.ndarray,
+    identity_score: str,
+) -> tuple[int, float]:
+    """(label, score) of the enrolled person other than ``label`` who scores highest against ``face``, or (-1, -2):
+    by their best face (``scores`` (i,): the face against every earlier photo; ``prior`` (i,): those accepted) or
+    by the normalised mean of their accepted faces (``sums`` (people, D))."""
+    if identity_score == "mean":
+        norms = np.linalg.norm(sums, axis=1)
+        norms[label] = 0.0
+        enrolled = norms > 0
+        if not enrolled.any():
+            return -1, -2.0
+        by_person = np.where(enrolled, (sums @ face) / np.maximum(norms, 1e-12), -2.0)
+        j = int(np.argmax(by_person))
+        return j, float(by_person[j])
+    others = prior & (labels != label)
+    if not others.any():
+        return -1, -2.0
+    masked = np.where(others, scores, -2.0)
+    j = int(np.argmax(masked))
+    return int(labels[j]), float(masked[j])
 
 
 def evaluate_view(
@@ -609,6 +638,15 @@ def library(
             "enrol_all_data_3_photos": enrolment_run(
                 faces, cal, split=None, conflict_fpir=conflict_fpir, mismatch_far=mismatch_far, photos=3
             ),
+            "enrol_all_data_3_photos_best": enrolment_run(
+                faces,
+                cal,
+                split=None,
+                conflict_fpir=conflict_fpir,
+                mismatch_far=mismatch_far,
+                photos=3,
+                identity_score="best",
+            ),
             "failure_to_acquire": round(float(1 - faces.found.mean()), 4),
         }
         results[view] = result
@@ -623,7 +661,7 @@ def print_view(view: str, result: dict[str, Any], seconds: float) -> None:
         cal = " ".join(f"{k}:fpir {v['fpir']:.4f} fnir {v['fnir']:.3f}" for k, v in g["calibrated"].items())
         head = f"  {g['photos_per_person']}ph {g['identity_score']} N={g['identities']:5d} r1 {g['rank1']:.3f}"
         print(f"{head} | FNIR {fn} | calibrated {cal}")
-    for key in ("enrol_all_data", "enrol_all_data_3_photos"):
+    for key in ("enrol_all_data", "enrol_all_data_3_photos", "enrol_all_data_3_photos_best"):
         e = result[key]
         print(
             f"  {key}: {e['people']} people, refused {e['people_refused_as_conflicts']} ({e['refusal_rate']:.4f}), "
@@ -723,11 +761,18 @@ def _people(seed: int, split: str | None) -> list[tuple[str, list[Path]]]:
 
 
 def http(
-    model: Path | None, size: int, strangers: int, reenrol: int, seed: int = 0, everyone: bool = False
+    model: Path | None,
+    size: int,
+    strangers: int,
+    reenrol: int,
+    seed: int = 0,
+    everyone: bool = False,
+    photos_per_person: int = 1,
 ) -> dict[str, Any]:
-    """Enrol ``size`` people (each with their first photo that passes the quality gates, default settings), identify
-    up to two later photos of each and one photo of ``strangers`` people not enrolled, then enrol ``reenrol`` of them
-    again under new ids with a later photo that passes the gates (caught: refused as a conflict naming them).
+    """Enrol ``size`` people (each with their first ``photos_per_person`` photos that pass the quality gates, one
+    request each, default settings; a person with several photos keeps their last one back), identify up to two
+    later photos of each and one photo of ``strangers`` people not enrolled, then enrol ``reenrol`` of them again
+    under new ids with a later photo that passes the gates (caught: refused as a conflict naming them).
 
     ``everyone``: enrol every person of the shared data (both splits), identify nobody, and enrol again everyone
     who has a later photo that passes the gates (the issue's "enrol every identity" measurement)."""
@@ -759,16 +804,21 @@ def http(
 
             refused: dict[str, int] = {}
             conflicts: list[dict[str, Any]] = []
-            enrolled: dict[str, tuple[int, int]] = {}  # person -> (identity id, index of the enrolled photo)
+            enrolled: dict[str, tuple[int, int]] = {}  # person -> (identity id, index of the last photo enrolled)
             refused_people = 0
             for name, photos in gallery:
                 ident = c.post("/identities", json={"external_id": name}).json()["id"]
-                codes = []
-                for k, photo in enumerate(photos):  # the first photo that passes the quality gates
+                codes: list[str] = []
+                accepted = 0
+                limit = len(photos) if photos_per_person == 1 else max(len(photos) - 1, 1)
+                for k, photo in enumerate(photos[:limit]):  # the first photos that pass the quality gates
                     r = post_photo(f"/identities/{ident}/faces", photo)
                     if r.status_code == 201:
                         enrolled[name] = (ident, k)
-                        break
+                        accepted += 1
+                        if accepted == photos_per_person:
+                            break
+                        continue
                     rejected = r.json()["error"].get("details", {}).get("rejected", [])
                     codes = [x["code"] for x in rejected]
                     for rej in rejected:
@@ -815,6 +865,7 @@ def http(
     if everyone:
         return {
             "people": len(gallery),
+            "photos_per_person": photos_per_person,
             "enrolled": len(enrolled),
             "refused": refused,
             "people_refused_as_conflicts": refused_people,
@@ -883,6 +934,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--strangers", type=int, default=1000)
     p.add_argument("--reenrol", type=int, default=300)
     p.add_argument("--everyone", action="store_true", help="enrol every person of the shared data (no probes)")
+    p.add_argument(
+        "--photos", type=int, default=1, help="photos enrolled per person (a person with several keeps one back)"
+    )
     p.add_argument("--json", type=Path)
     p = sub.add_parser("calibrate", help="write a model's thresholds and 1:N calibration into its card")
     p.add_argument("model", type=Path)
@@ -911,7 +965,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs = {"model": args.model} | ({"baseline": args.baseline} if str(args.baseline) != "none" else {})
         results = {}
         for key, model in runs.items():
-            results[key] = http(model, args.size, args.strangers, args.reenrol, everyone=args.everyone)
+            results[key] = http(
+                model, args.size, args.strangers, args.reenrol, everyone=args.everyone, photos_per_person=args.photos
+            )
             shown = {k: v for k, v in results[key].items() if k != "conflicts"}
             print(json.dumps({key: str(model or "default"), **shown}, indent=1))
         if args.json:

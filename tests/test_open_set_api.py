@@ -6,9 +6,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import ATT, att_image, require_data
+from service.settings import Settings
+from tests.conftest import ATT, admin_client, att_image, require_data
 
 G = "/v1/galleries/default"
 
@@ -79,6 +81,30 @@ def test_conflict_names_the_other_identity_and_mismatch_guards_an_identity(clien
     # more photos of the right person are accepted
     r = _enrol(client, a, _photo(1, 3), _photo(1, 4))
     assert r.status_code == 201 and len(r.json()["accepted"]) == 2
+
+
+@pytest.mark.parametrize("identity_score", ["mean", "best"])
+def test_conflict_check_scores_people_as_identify_does(settings: Settings, identity_score: str) -> None:
+    """identity_conflict scores the other identity as identify ranks it (FACEDB_IDENTITY_SCORE: the normalised mean
+    of its faces, or its best face), against the 1:N bar for every face of the gallery."""
+    require_data(ATT)
+    with admin_client(settings.model_copy(update={"identity_score": identity_score})) as client:
+        a = _person(client, "a")
+        assert _enrol(client, a, _photo(1, 1), _photo(1, 2), _photo(1, 3)).status_code == 201
+        for s in (2, 3):
+            assert _enrol(client, _person(client, f"s{s}"), _photo(s, 1)).status_code == 201
+        ranked = _identify(client, 1, 4)["candidates"][0]
+        best_face = client.post(f"{G}/verify", files=[_photo(1, 4)], data={"identity_id": str(a)}).json()["score"]
+        r = _enrol(client, _person(client, "b"), _photo(1, 4))
+        assert r.status_code == 422, r.text
+        [refusal] = r.json()["error"]["details"]["rejected"]
+        assert refusal["code"] == "identity_conflict" and refusal["other_identity"] == a
+        assert ranked["identity"]["id"] == a and refusal["score"] == pytest.approx(ranked["score"], abs=1e-5)
+        # the mean of three different photos is not the best of them: the two settings really score differently
+        assert (refusal["score"] == pytest.approx(best_face, abs=1e-5)) == (identity_score == "best")
+        open_set = client.app.state.runtime.service.serving.open_set  # type: ignore[attr-defined]
+        faces = 5  # three of a, one each of s2 and s3: the bar counts faces, not the three people
+        assert refusal["threshold"] == pytest.approx(open_set.threshold(faces, settings.conflict_fpir), abs=1e-4)
 
 
 def test_concurrent_enrolments_of_one_face_cannot_both_pass(client: TestClient) -> None:

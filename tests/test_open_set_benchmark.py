@@ -1,0 +1,48 @@
+"""benchmarks.open_set's enrolment model: the conflict check scores other people as the service does (the normalised
+mean of their accepted faces, or their best face), never the person being enrolled."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.open_set import _best_other
+
+
+def _unit(*rows: list[float]) -> np.ndarray:
+    x = np.array(rows, dtype=np.float64)
+    out: np.ndarray = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def test_best_other_scores_by_mean_or_best_face() -> None:
+    # earlier photos: person 0 has two different faces, person 1 one face; the photo being checked is person 2's
+    earlier = _unit([1, 0, 0], [0, 1, 0], [1, 1, 0.6])
+    labels = np.array([0, 0, 1])
+    face = _unit([1, 1, 0])[0]
+    sums = np.zeros((3, 3))
+    np.add.at(sums, labels, earlier)
+    scores = earlier @ face
+    accepted = np.ones(3, dtype=bool)
+
+    best_person, best_score = _best_other(scores, accepted, labels, 2, sums, face, "best")
+    mean_person, mean_score = _best_other(scores, accepted, labels, 2, sums, face, "mean")
+
+    # by the best face, person 1's single face wins; by the mean, person 0's two faces do
+    assert (best_person, best_score) == (1, float(scores[2]))
+    assert scores[2] > scores[:2].max()
+    assert mean_person == 0
+    assert mean_score == float(face @ sums[0] / np.linalg.norm(sums[0]))
+    assert mean_score > float(scores[2])
+
+
+def test_best_other_ignores_the_person_enrolled_and_refused_photos() -> None:
+    earlier = _unit([1, 0, 0], [0, 1, 0])
+    labels = np.array([0, 1])
+    face = _unit([1, 0.1, 0])[0]
+    sums = np.zeros((2, 3))
+    sums[0] = earlier[0]  # person 1's photo was refused: not accepted, not summed
+    accepted = np.array([True, False])
+    assert _best_other(earlier @ face, accepted, labels, 0, sums, face, "mean") == (-1, -2.0)
+    assert _best_other(earlier @ face, accepted, labels, 0, sums, face, "best") == (-1, -2.0)
+    person, _ = _best_other(earlier @ face, accepted, labels, 1, sums, face, "mean")
+    assert person == 0
