@@ -247,13 +247,21 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.asarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
 
 
-def load_view(cache: Path, view: str) -> Faces:
+def load_view(cache: Path, view: str, datasets: Sequence[str] | None = None) -> Faces:
     """A view such as ``sface``, ``dlib:flip`` (mirror-image augmentation) or ``dlib:flip+sface`` (fusion:
-    the normalised vectors concatenated and scaled by 1/sqrt(k), so that a cosine is the mean of the k cosines)."""
+    the normalised vectors concatenated and scaled by 1/sqrt(k), so that a cosine is the mean of the k cosines),
+    of every cached data set, or of exactly ``datasets`` (FileNotFoundError naming the command if one is missing)."""
+    if datasets is not None:
+        missing = [d for d in datasets if not cache_file(cache, d, "faces").exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"no cached embeddings of {', '.join(missing)} in {cache}: run `python -m benchmarks.open_set embed "
+                f"--models {view.partition(':')[0]} --datasets {' '.join(missing)}` first"
+            )
     identities, found, parts = [], [], []
     for ds in DATASETS:
         faces_file = cache_file(cache, ds.name, "faces")
-        if not faces_file.exists():
+        if not faces_file.exists() or (datasets is not None and ds.name not in datasets):
             continue
         meta = np.load(faces_file)
         comps = []

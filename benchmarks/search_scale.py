@@ -1,10 +1,10 @@
 """Search at scale on realistic vectors: facedb's FAISS index kinds beside exact search in the same run.
 
 Galleries are synthetic but follow real embeddings of the shared faces: the default model's embeddings of the
-shared data (`python -m benchmarks.open_set embed --models sface`, cached) give the mean and covariance of a
-person's centre and of a face around its centre; new people and faces are drawn from those Gaussians and
-normalised, so that genuine and impostor cosines have the real distributions (printed beside the real ones).
-Probes: half a new face of an enrolled person, half a stranger.
+shared data (`python -m benchmarks.open_set embed --models sface`, cached; ``--datasets`` picks the data sets, all
+five by default) give the mean and covariance of a person's centre and of a face around its centre; new people and
+faces are drawn from those Gaussians and normalised, so that genuine and impostor cosines have the real
+distributions (printed beside the real ones). Probes: half a new face of an enrolled person, half a stranger.
 
     python -m benchmarks.search_scale --faces 1000000 --json            # the kind the service would choose
     python -m benchmarks.search_scale --faces 100000 --kind fp16 --json
@@ -31,9 +31,11 @@ from typing import Any
 import faiss
 import numpy as np
 
-from benchmarks.open_set import CACHE, load_view
+from benchmarks.open_set import CACHE, DATASETS, load_view
 from index import KINDS, FaissIndex, Tuning, gpu_available
 from service.indexing import choose_kind
+
+ALL_DATASETS = tuple(d.name for d in DATASETS)
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,12 @@ class FaceModel:
         return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
 
 
-def fit_face_model(cache: Path, view: str = "sface") -> tuple[FaceModel, np.ndarray, np.ndarray]:
-    """The statistics of the cached real embeddings, with those embeddings' (unit (N, D), person (N,))."""
-    real = load_view(cache, view)
+def fit_face_model(
+    cache: Path, datasets: Sequence[str] = ALL_DATASETS, view: str = "sface"
+) -> tuple[FaceModel, np.ndarray, np.ndarray]:
+    """The statistics of the cached real embeddings of ``datasets``, with those embeddings' (unit (N, D), person
+    (N,))."""
+    real = load_view(cache, view, datasets)
     keep = real.found
     x, who = real.x[keep], real.identity[keep]
     names, person = np.unique(who, return_inverse=True)
@@ -233,7 +238,7 @@ def recall(ids: np.ndarray, e_ids: np.ndarray, rows: np.ndarray) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     faiss.omp_set_num_threads(args.build_threads)
     rng = np.random.default_rng(args.seed)
-    model, real_x, real_person = fit_face_model(args.cache)
+    model, real_x, real_person = fit_face_model(args.cache, args.datasets)
     gallery = make_gallery(model, args.faces, args.per_person, args.queries, args.seed)
     synthetic = cosine_quantiles(gallery.x[:200_000], gallery.person[:200_000], rng)
     kind = args.kind or choose_kind(args.faces, gpu=gpu_available())
@@ -277,6 +282,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threshold_fpir_1pct": round(threshold, 4),
         "exact": decisions(gallery, e_scores, e_ids, threshold),
         "approximate": decisions(gallery, scores, ids, threshold),
+        "datasets": list(args.datasets),
         "cosines_real": cosine_quantiles(real_x, real_person, rng),
         "cosines_synthetic": synthetic,
         "threads": args.threads,
@@ -314,11 +320,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--hnsw-m", type=int, default=DEFAULTS.hnsw_m, help="HNSW links per vector")
     p.add_argument("--ef-construction", type=int, default=DEFAULTS.ef_construction, help="HNSW efConstruction")
     p.add_argument("--nprobe", type=int, default=DEFAULTS.nprobe, help="IVF lists scanned (0: automatic)")
-    p.add_argument("--rerank", type=int, default=DEFAULTS.rerank, help="ivfpq: candidates re-ranked exactly")
+    p.add_argument("--rerank", type=int, default=DEFAULTS.rerank, help="pq, ivfpq: candidates re-ranked exactly")
     p.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads for search (the service's is 1)")
     p.add_argument("--build-threads", type=int, default=2, help="FAISS OpenMP threads for building")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=ALL_DATASETS,
+        default=list(ALL_DATASETS),
+        help="the shared data sets whose real embeddings the gallery's statistics follow (default: all of them)",
+    )
     p.add_argument("--json", action="store_true", help="only the JSON line")
     args = p.parse_args(argv)
     try:

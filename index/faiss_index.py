@@ -1,5 +1,5 @@
-"""FAISS-backed `VectorIndex` in several kinds: exact float32, scalar-quantised flat (fp16, int8), HNSW and IVF-PQ
-with exact re-ranking on the CPU; flat fp16 and IVF on a GPU.
+"""FAISS-backed `VectorIndex` in several kinds: exact float32, scalar-quantised flat (fp16, int8), HNSW, and PQ
+fast-scan (every code, or IVF lists of them) with exact re-ranking on the CPU; flat fp16 and IVF on a GPU.
 
 Every kind applies adds and removals at once, without a rebuild:
 
@@ -88,6 +88,14 @@ KINDS: dict[str, IndexKind] = {
             selector=True,
         ),
         _kind(
+            "pq",
+            "4-bit PQ codes of every vector, all scanned by SIMD fast-scan (no partition to miss a neighbour in);"
+            " the short list re-ranked exactly from float32 (PQx4fs,RFlat)",
+            approximate=True,
+            min_train=10_000,
+            native_remove=False,
+        ),
+        _kind(
             "ivfpq",
             "IVF lists of 4-bit PQ codes of PCA-reduced vectors, scanned by SIMD fast-scan; the short list re-ranked"
             " exactly from float32 (PCAR,IVF,PQx4fs,RFlat)",
@@ -112,7 +120,7 @@ class Tuning:
     nprobe: int = 0
     """IVF kinds: lists scanned per search (of about 4 sqrt(n) for n vectors); 0 = `auto_nprobe`."""
     rerank: int = 700
-    """IVF-PQ: candidates re-ranked exactly from float32 (at least ``k_factor`` per result asked for)."""
+    """pq and ivfpq: candidates re-ranked exactly from float32 (at least ``k_factor`` per result asked for)."""
     k_factor: int = 2
 
 
@@ -156,9 +164,20 @@ def _new_main(kind: IndexKind, dim: int, tuning: Tuning, n_train: int) -> Any:
         hnsw = _faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, tuning.hnsw_m, ip)
         hnsw.hnsw.efConstruction = tuning.ef_construction
         return faiss.IndexIDMap2(hnsw)
+    if kind.name == "pq":
+        return faiss.IndexIDMap2(faiss.index_factory(dim, _pq_spec(dim), ip))
     if kind.name == "ivfpq":
         return faiss.IndexIDMap2(faiss.index_factory(dim, _ivfpq_spec(dim, _nlist(n_train)), ip))
     raise ValueError(f"unknown index kind {kind.name!r}")
+
+
+def _pq_spec(dim: int) -> str:
+    """The pq structure for `dim`: 4-bit codes of 2 dimensions each (32 bytes for 128-d), float32 re-ranking.
+
+    At 1M realistic 128-d faces, scanning every code beat scanning a third of IVF lists for time and recall alike
+    (benchmarks/README.md): a stranger's nearest face is barely nearer than thousands of others, in any list.
+    """
+    return f"PQ{dim // 2 if dim % 2 == 0 else dim}x4fs,RFlat"
 
 
 def _ivfpq_spec(dim: int, nlist: int) -> str:
@@ -525,15 +544,17 @@ class FaissIndex:
 
     def _search_params(self, k: int, *, queries: int = 1) -> Any:
         """FAISS search parameters for fetching k results from main for `queries` vectors (ivfpq: also picks the
-        fast-scan kernel for that many)."""
+        fast-scan kernel for that many; pq keeps FAISS's own choice, the fastest for one query and for batches)."""
         if self._kind.name == "hnsw":
             return _faiss.SearchParametersHNSW(efSearch=max(self._tuning.ef_search, k))
-        if self._kind.name == "ivfpq":
+        if self._kind.name in ("pq", "ivfpq"):
             refine: Any = faiss.IndexRefineSearchParameters()
             # A fixed short list, not a multiple of k: recall@1 needs the true best among the candidates whatever
             # k is; tombstoned candidates widen it.
             candidates = self._tuning.rerank + int(self._tombstones.size)
             refine.k_factor = float(max(self._tuning.k_factor, candidates / k))
+            if self._kind.name == "pq":
+                return refine
             structure = self._main_ivf()
             _set_fast_scan(structure, queries)
             ivf = faiss.SearchParametersIVF()

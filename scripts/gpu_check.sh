@@ -8,7 +8,8 @@
 # Installing: with a package index, `pip install -e '.[dev]' faiss-gpu-cu12` into the running python (PYTHON,
 # default python3). Offline, put the wheels in .whl/ first (as for any machine without an index); they are installed
 # into /tmp/site. The benchmarks need the default model's cached embeddings of the shared faces
-# (`python -m benchmarks.open_set embed --models sface --datasets att celeba yalea`), looked for in BENCH_CACHE
+# of three small sets (`python -m benchmarks.open_set embed --models sface --datasets att celeba yalea`; the
+# galleries then follow those three, `search_scale --datasets att celeba yalea`), looked for in BENCH_CACHE
 # (default ~/.cache/facedb/open_set); without them the benchmarks are skipped, saying so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +69,7 @@ else
   for spec in "1000000 gpu_flat" "1000000 gpu_ivf" "10000000 gpu_flat"; do
     set -- $spec
     timeout 150 "$PYTHON" -m benchmarks.search_scale --faces "$1" --kind "$2" --build-threads 16 \
-      --cache "$BENCH_CACHE" --json 2>>"$RESULTS/benchmark_stderr.txt" | tail -n 1 >>"$REPORT" \
+      --cache "$BENCH_CACHE" --datasets att celeba yalea --json 2>>"$RESULTS/benchmark_stderr.txt" | tail -n 1 >>"$REPORT" \
       || echo "$1 $2: failed or timed out" >>"$REPORT"
   done
 fi

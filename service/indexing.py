@@ -40,12 +40,12 @@ _BATCH = 5_000
 
 # Gallery sizes in faces (the face and mean indexes of a gallery share one kind) where `choose_kind` moves from
 # exact search to the approximate CPU kind and back; the gap keeps a gallery near the boundary from converting back
-# and forth. Measured in benchmarks/README.md (Search at scale): exact search costs ~0.035-0.045 ms per 1,000 vectors
-# on one core, so ~2 ms at 50,000.
+# and forth. Measured in benchmarks/README.md (Search at scale): exact search costs ~0.02-0.045 ms per 1,000 vectors
+# on one core, ~1-2 ms at 50,000, where `pq` takes 0.2 ms.
 APPROXIMATE_FROM = 50_000
 FLAT_BELOW = 25_000
 GPU_IVF_FROM = 20_000_000
-CPU_APPROXIMATE = "ivfpq"
+CPU_APPROXIMATE = "pq"
 
 Backend = Literal["faiss", "numpy", "milvus"]
 
@@ -53,15 +53,16 @@ Backend = Literal["faiss", "numpy", "milvus"]
 def choose_kind(n: int, *, gpu: bool, current: str | None = None) -> str:
     """The index kind for a gallery of ``n`` faces.
 
-    CPU: exact float32 ("flat") below `APPROXIMATE_FROM`, IVF with fast-scan PQ codes and exact re-ranking
-    ("ivfpq") from there (at 1M faces: 1.6-2.6 ms p50 and recall@1 0.994 against exact search's 17-26 ms, where HNSW
-    gave 0.916 at 1.1 ms: benchmarks/README.md); a gallery already on it stays there until it shrinks below
-    `FLAT_BELOW`.
+    CPU: exact float32 ("flat") below `APPROXIMATE_FROM`, every face's fast-scan PQ code scanned with exact
+    re-ranking ("pq") from there: at 1M faces 1.4 ms p50 and recall@1 0.999 against exact search's 37 ms, where IVF
+    lists of the same codes ("ivfpq", still a setting) missed strangers' nearest faces (0.964) for 1.3 ms, and HNSW
+    gave 0.916 (benchmarks/README.md). A gallery already on an approximate CPU kind stays approximate until it
+    shrinks below `FLAT_BELOW` (an ivfpq gallery of an earlier version becomes pq).
     GPU: exact float16 on the device ("gpu_flat") up to `GPU_IVF_FROM`, IVF on the device beyond.
     """
     if gpu:
         return "gpu_ivf" if n >= GPU_IVF_FROM else "gpu_flat"
-    if n >= APPROXIMATE_FROM or (current == CPU_APPROXIMATE and n >= FLAT_BELOW):
+    if n >= APPROXIMATE_FROM or (current in (CPU_APPROXIMATE, "ivfpq") and n >= FLAT_BELOW):
         return CPU_APPROXIMATE
     return "flat"
 

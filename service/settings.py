@@ -39,7 +39,7 @@ class Settings(BaseSettings):
         description="Where galleries are searched: FAISS in this process (snapshots in index_dir), numpy (exact, "
         "for tests), or Milvus (milvus_uri), which several service processes and machines can share.",
     )
-    index_kind: Literal["auto", "flat", "fp16", "sq8", "hnsw", "ivfpq", "gpu_flat", "gpu_ivf"] = Field(
+    index_kind: Literal["auto", "flat", "fp16", "sq8", "hnsw", "pq", "ivfpq", "gpu_flat", "gpu_ivf"] = Field(
         default="auto",
         description="FAISS index kind of every gallery; auto = chosen per gallery from its size and the hardware "
         "(README: Search at scale). Changing it converts galleries in the background.",
@@ -52,7 +52,10 @@ class Settings(BaseSettings):
         description="IVF kinds: lists scanned per search, of ~4 sqrt(n) for n faces (0: 32% of them, at least 1280).",
     )
     ivf_rerank: int = Field(
-        default=700, ge=10, le=100_000, description="ivfpq kind: candidates re-ranked exactly from float32 per search."
+        default=700,
+        ge=10,
+        le=100_000,
+        description="pq and ivfpq kinds: candidates re-ranked exactly from float32 per search.",
     )
     milvus_uri: str = Field(
         default="",

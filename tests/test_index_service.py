@@ -5,9 +5,11 @@ restart checks as FAISS, congruent with it."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import get_args
 
 import pytest
 
+from index import KINDS
 from service import indexing
 from service.core import Upload
 from service.runtime import Runtime, build_runtime
@@ -46,19 +48,26 @@ def test_kind_follows_gallery_size_while_serving(
         indexes = rt.service.indexes
         assert indexes.kinds() == {1: "flat"} and indexes.maintain(wait=True) is None
         enroll_people(rt, 2, seed=1)
-        assert indexes.maintain(wait=True) == "gallery 1: flat -> ivfpq"
-        assert indexes.kinds() == {1: "ivfpq"}
+        assert indexes.maintain(wait=True) == "gallery 1: flat -> pq"
+        assert indexes.kinds() == {1: "pq"}
         assert top(rt, 1001)[0] == ("s1-1", 1.0)
         for ident in (1, 2, 3):  # gone from answers at once
             rt.service.delete_identity("default", ident)
         assert {"s0-0", "s0-1", "s0-2"}.isdisjoint(e for e, _ in top(rt, 0))
-        assert indexes.maintain(wait=True) is None  # 4 faces: above FLAT_BELOW, stays ivfpq
+        assert indexes.maintain(wait=True) is None  # 4 faces: above FLAT_BELOW, stays pq
         rt.service.delete_identity("default", 4)
-        assert indexes.maintain(wait=True) == "gallery 1: ivfpq -> flat"
+        assert indexes.maintain(wait=True) == "gallery 1: pq -> flat"
         expected = top(rt, 1000)
     finally:
         rt.close()
     assert after_restart(settings, 1000) == ({1: "flat"}, expected)
+
+
+def test_an_ivfpq_gallery_of_an_earlier_version_becomes_pq() -> None:
+    assert indexing.choose_kind(30_000, gpu=False, current="ivfpq") == "pq"
+    assert indexing.choose_kind(30_000, gpu=False, current="flat") == "flat"
+    assert indexing.choose_kind(1_000_000, gpu=False) == "pq"
+    assert indexing.choose_kind(20_000, gpu=False, current="ivfpq") == "flat"
 
 
 def test_search_settings_reach_the_index_and_a_loaded_snapshot(
@@ -144,3 +153,7 @@ def test_milvus_catches_up_and_survives_restart_congruent_with_faiss(milvus_sett
         assert [top(faiss_rt, seed) for seed in (0, 1, 2, 1000, 1001, 77)] == answers
     finally:
         faiss_rt.close()
+
+
+def test_every_index_kind_can_be_set() -> None:
+    assert set(get_args(Settings.model_fields["index_kind"].annotation)) == {"auto", *KINDS}
