@@ -399,7 +399,7 @@ class IndexManager:
     def maintain(self, *, wait: bool = False) -> str | None:
         """Convert one gallery whose size calls for another kind, or compact one with many tombstones, in a
         background thread (one at a time; the gallery keeps serving and taking changes). Returns what it started
-        ("gallery 3: flat -> ivfpq"), or None. ``wait`` joins the thread (tests, CLI)."""
+        ("gallery 3: flat -> pq"), or None. ``wait`` joins the thread (tests, CLI)."""
         if self._backend != "faiss" or (self._maintenance is not None and self._maintenance.is_alive()):
             return None
         for gallery_id, index in list(self._indexes.items()):
