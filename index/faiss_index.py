@@ -444,7 +444,8 @@ class FaissIndex:
         main = _trained_main(self._kind, self._tuning, x)
         main.add_with_ids(x, ids)
         self._main = main
-        self._staging.reset()
+        # A new staging index, not reset(): FAISS keeps a reset index's buffer, as large as everything staged.
+        self._staging = _exact(self._dim)
 
     def _ensure_gpu(self) -> None:
         """Start the device copy once the host structure exists and (for IVF) can be trained."""
@@ -484,7 +485,7 @@ class FaissIndex:
         """Remove everything (a trained structure keeps its training)."""
         if self._main is not None:
             self._main.reset()
-        self._staging.reset()
+        self._staging = _exact(self._dim)
         self._tombstones = np.empty(0, dtype=np.int64)
         self._selector = None
         self._sorted_ids = np.empty(0, dtype=np.int64)

@@ -17,6 +17,7 @@ import pytest
 
 from index import BruteForceIndex, FaissIndex, GalleryIndex, Hit, IndexCorruptError, VectorIndex
 from index.base import atomic_write_bytes
+from index.gallery import _Members
 
 DIM = 128
 ATOL = 1e-5
@@ -563,3 +564,38 @@ def test_gallery_concurrent_search_add_remove() -> None:
     assert np.array_equal(g.face_ids(), expected)
     xq = unit_vectors(rng, 5, dim)
     check_gallery_results(g.search(xq, 8), xq, expected, ident_of[expected], x_all[expected], k=8)
+
+
+def test_members_match_a_dict_of_lists_through_adds_and_removals() -> None:
+    """The compact identity -> faces table against the obvious reference, with identities emptied and refilled."""
+    rng = np.random.default_rng(12)
+    members = _Members()
+    ref: dict[int, list[int]] = {}
+    next_face = 0
+    for _ in range(60):
+        if ref and rng.random() < 0.4:
+            stored = np.concatenate([np.array(v) for v in ref.values()])
+            faces = rng.choice(stored, size=min(3, stored.size), replace=False)
+            idents = np.array([next(i for i, v in ref.items() if f in v) for f in faces.tolist()], dtype=np.int64)
+            members.remove(idents, faces.astype(np.int64))
+            for f, i in zip(faces.tolist(), idents.tolist(), strict=True):
+                ref[i].remove(f)
+                if not ref[i]:
+                    del ref[i]
+        else:
+            n = int(rng.integers(1, 6))
+            idents = rng.integers(0, 15, n).astype(np.int64)
+            faces = np.arange(next_face, next_face + n, dtype=np.int64)
+            next_face += n
+            members.add(idents, faces)
+            for f, i in zip(faces.tolist(), idents.tolist(), strict=True):
+                ref.setdefault(i, []).append(f)
+        assert len(members) == len(ref)
+        everyone = np.arange(15, dtype=np.int64)
+        np.testing.assert_array_equal(members.has(everyone), [i in ref for i in range(15)])
+        for i in range(15):
+            assert members.of(i).tolist() == ref.get(i, [])
+        held = everyone[members.has(everyone)]
+        pos, owner = members.positions(held)
+        grouped = [members.faces_at(pos[owner == j]).tolist() for j in range(held.size)]
+        assert grouped == [ref[i] for i in held.tolist()]
