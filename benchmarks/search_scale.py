@@ -20,8 +20,12 @@ once, and rank-1 and FNIR at the exact search's FPIR 1% threshold for both.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +36,7 @@ import faiss
 import numpy as np
 
 from benchmarks.open_set import CACHE, DATASETS, load_view
-from index import KINDS, FaissIndex, Tuning, gpu_available
+from index import KINDS, FaissIndex, GalleryIndex, Tuning, gpu_available
 from service.indexing import choose_kind
 
 ALL_DATASETS = tuple(d.name for d in DATASETS)
@@ -231,6 +235,55 @@ def changes(index: FaissIndex, gallery: Gallery, rng: np.random.Generator, n: in
     }
 
 
+def resident_growth(kind: str, snapshot: Path, what: str) -> int:
+    """Bytes a fresh process's resident set grows by when it loads ``snapshot`` (``what``: "index" for a
+    `FaissIndex` file, "gallery" for a `GalleryIndex` directory scored by identity means, as the service holds
+    it), after returning the load's freed buffers to the system (glibc's malloc_trim)."""
+    code = (
+        "import sys; from benchmarks.search_scale import _load_and_measure; "
+        f"print(_load_and_measure({kind!r}, {str(snapshot)!r}, {what!r}))"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=repo)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def _resident() -> int:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: measure without trimming
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS"))
+
+
+def _load_and_measure(kind: str, snapshot: str, what: str) -> int:
+    before = _resident()
+    if what == "index":
+        loaded: Any = FaissIndex.load(Path(snapshot), kind=kind)
+    else:
+        loaded = GalleryIndex.load(Path(snapshot), identity_score="mean")
+    grown = _resident() - before
+    del loaded
+    return grown
+
+
+def memory_in_ram(index: FaissIndex, gallery: Gallery, tuning: Tuning) -> dict[str, Any]:
+    """The index, and the whole gallery as the service holds it (faces and identity means, ``identity_score=mean``),
+    each loaded from its snapshot by a fresh process: resident growth over the raw float32 vectors."""
+    raw = gallery.x.nbytes
+    with tempfile.TemporaryDirectory(prefix="facedb-scale-") as tmp:
+        index.save(Path(tmp) / "index.npz")
+        index_bytes = resident_growth(index.kind, Path(tmp) / "index.npz", "index")
+        whole = GalleryIndex(gallery.x.shape[1], kind=index.kind, tuning=tuning, identity_score="mean")
+        whole.add(np.arange(len(gallery.x), dtype=np.int64), gallery.person, gallery.x)
+        whole.save(Path(tmp) / "gallery", meta={})
+        del whole
+        gallery_bytes = resident_growth(index.kind, Path(tmp) / "gallery", "gallery")
+    return {
+        "ram_index_ratio": round(index_bytes / raw, 3),
+        "ram_gallery_ratio": round(gallery_bytes / raw, 3),
+    }
+
+
 def recall(ids: np.ndarray, e_ids: np.ndarray, rows: np.ndarray) -> float:
     return round(float((ids[rows, 0] == e_ids[rows, 0]).mean()), 4) if rows.any() else float("nan")
 
@@ -297,6 +350,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "queries": args.queries,
     }
     result["memory_ratio"] = round(result["memory_bytes"] / result["raw_bytes"], 3)
+    if args.level == "face" and not KINDS[kind].gpu:
+        result.update(memory_in_ram(index, gallery, tuning))
     result.update(changes(index, gallery, rng))
     return result
 

@@ -69,6 +69,7 @@ def test_json_line_names_the_service_choice(
     for key in ("faces", "p50_ms", "p99_ms", "recall_at_1", "exact_p50_ms", "memory_bytes", "add_p50_ms"):
         assert key in result
     assert result["recall_at_1"] == 1.0 and result["removed_returned"] == 0
+    assert result["ram_index_ratio"] > 0 and result["ram_gallery_ratio"] > 0  # measured in fresh processes
 
 
 def test_missing_embedding_cache_says_how_to_make_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
