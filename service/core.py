@@ -787,7 +787,7 @@ class FaceService:
         gallery, even where identities score by the mean of their faces.
 
         Scoring by the mean names a person more surely than their best face does (re-enrolments caught: 90.6%
-        against 89.6% at the same 0.33% refusals, benchmarks/README.md), but a bar set for the people compared is
+        against 89.3% at the same 0.33% refusals, benchmarks/README.md), but a bar set for the people compared is
         lower than one set for their faces: with AT&T's 40 people of 10 photos it called two of them one person.
         The faces' count keeps the bar where a face-by-face check had it."""
         if serving.open_set is None:
