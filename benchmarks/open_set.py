@@ -499,6 +499,7 @@ def enrolment_run(
     for i, (name, sp) in enumerate(zip(faces.identity, faces.split, strict=True)):
         if (split is None or sp == split) and faces.found[i]:
             people.setdefault(str(name), []).append(i)
+    names = list(people)
     rows, labels, held = [], [], {}
     for label, found in enumerate(people.values()):
         m = min(photos, max(len(found) - 1, 1))
@@ -521,7 +522,7 @@ def enrolment_run(
             other, score = _best_other(block[r, :i], prior, lab[:i], lab[i], sums, x[i], identity_score)
             if other >= 0 and score >= cal.threshold(int(prior.sum()), conflict_fpir):
                 conflict[i] = True
-                refusals.append((str(faces.identity[rows[i]]), list(people)[other], round(score, 4)))
+                refusals.append((str(faces.identity[rows[i]]), names[other], round(score, 4)))
                 continue
             own = prior & (lab[:i] == lab[i])
             if own.any() and block[r, :i][own].max() < t_mismatch:

@@ -240,7 +240,7 @@ def resident_growth(kind: str, snapshot: Path, what: str) -> int:
     `FaissIndex` file, "gallery" for a `GalleryIndex` directory scored by identity means, as the service holds
     it), after returning the load's freed buffers to the system (glibc's malloc_trim)."""
     code = (
-        "import sys; from benchmarks.search_scale import _load_and_measure; "
+        "from benchmarks.search_scale import _load_and_measure; "
         f"print(_load_and_measure({kind!r}, {str(snapshot)!r}, {what!r}))"
     )
     repo = Path(__file__).resolve().parent.parent

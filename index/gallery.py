@@ -80,17 +80,17 @@ class _Members:
         hi = int(np.searchsorted(self._idents, ident, side="right"))
         return self._faces[lo:hi].copy()
 
-    def positions(self, idents: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-        """Positions of every face of ``idents`` (N,) (unique) and, for each, the index in ``idents`` it belongs to."""
+    def faces_of(self, idents: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]:
+        """Every face id of ``idents`` (N,) (unique) and, for each, the index in ``idents`` it belongs to."""
+        positions, owner = self._positions(idents)
+        return self._faces[positions], owner
+
+    def _positions(self, idents: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
         lo = np.searchsorted(self._idents, idents, side="left")
         counts = np.searchsorted(self._idents, idents, side="right") - lo
         owner = np.repeat(np.arange(idents.size), counts)
         starts = np.cumsum(counts) - counts
         return np.repeat(lo, counts) + np.arange(int(counts.sum())) - np.repeat(starts, counts), owner
-
-    def faces_at(self, positions: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
-        """Face ids int64 (N,) at positions (N,) from `positions`."""
-        return self._faces[positions]
 
     def add(self, idents: npt.NDArray[np.int64], faces: npt.NDArray[np.int64]) -> None:
         """Add faces (N,) of identities (N,)."""
@@ -105,7 +105,7 @@ class _Members:
     def remove(self, idents: npt.NDArray[np.int64], faces: npt.NDArray[np.int64]) -> None:
         """Remove faces (N,), each stored under the identity at the same position of ``idents`` (N,)."""
         people = np.unique(idents)
-        pos, _ = self.positions(people)
+        pos, _ = self._positions(people)
         drop = pos[np.isin(self._faces[pos], faces)]
         self._idents = np.delete(self._idents, drop)
         self._faces = np.delete(self._faces, drop)
@@ -288,8 +288,7 @@ class GalleryIndex:
         keep = touched[self._members.has(touched)]
         if not keep.size:
             return
-        positions, owner = self._members.positions(keep)
-        faces = self._members.faces_at(positions)
+        faces, owner = self._members.faces_of(keep)
         sums = np.zeros((keep.size, self.dim), dtype=np.float64)
         np.add.at(sums, owner, self._index.reconstruct(faces))
         norms = np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)

@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from index import GalleryIndex, Hit, IndexCorruptError, Tuning, gpu_available
+from index import KINDS, GalleryIndex, Hit, IndexCorruptError, Tuning, gpu_available
 from index.gallery import IdentityScore
 from index.milvus_gallery import MilvusGallery
 from service.db import crud
@@ -56,13 +56,14 @@ def choose_kind(n: int, *, gpu: bool, current: str | None = None) -> str:
     CPU: exact float32 ("flat") below `APPROXIMATE_FROM`, every face's fast-scan PQ code scanned with exact
     re-ranking ("pq") from there: at 1M faces 1.4 ms p50 and recall@1 0.999 against exact search's 37 ms, where IVF
     lists of the same codes ("ivfpq", still a setting) missed strangers' nearest faces (0.964) for 1.3 ms, and HNSW
-    gave 0.916 (benchmarks/README.md). A gallery already on an approximate CPU kind stays approximate until it
-    shrinks below `FLAT_BELOW` (an ivfpq gallery of an earlier version becomes pq).
+    gave 0.916 (benchmarks/README.md). A gallery already on an approximate CPU kind (pq, or the ivfpq or hnsw of
+    an earlier version, which become pq) stays approximate until it shrinks below `FLAT_BELOW`.
     GPU: exact float16 on the device ("gpu_flat") up to `GPU_IVF_FROM`, IVF on the device beyond.
     """
     if gpu:
         return "gpu_ivf" if n >= GPU_IVF_FROM else "gpu_flat"
-    if n >= APPROXIMATE_FROM or (current in (CPU_APPROXIMATE, "ivfpq") and n >= FLAT_BELOW):
+    was_approximate = current in KINDS and KINDS[current].approximate
+    if n >= APPROXIMATE_FROM or (was_approximate and n >= FLAT_BELOW):
         return CPU_APPROXIMATE
     return "flat"
 

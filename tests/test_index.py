@@ -596,6 +596,6 @@ def test_members_match_a_dict_of_lists_through_adds_and_removals() -> None:
         for i in range(15):
             assert members.of(i).tolist() == ref.get(i, [])
         held = everyone[members.has(everyone)]
-        pos, owner = members.positions(held)
-        grouped = [members.faces_at(pos[owner == j]).tolist() for j in range(held.size)]
+        faces_held, owner = members.faces_of(held)
+        grouped = [faces_held[owner == j].tolist() for j in range(held.size)]
         assert grouped == [ref[i] for i in held.tolist()]

@@ -65,6 +65,7 @@ def test_kind_follows_gallery_size_while_serving(
 
 def test_an_ivfpq_gallery_of_an_earlier_version_becomes_pq() -> None:
     assert indexing.choose_kind(30_000, gpu=False, current="ivfpq") == "pq"
+    assert indexing.choose_kind(30_000, gpu=False, current="hnsw") == "pq"
     assert indexing.choose_kind(30_000, gpu=False, current="flat") == "flat"
     assert indexing.choose_kind(1_000_000, gpu=False) == "pq"
     assert indexing.choose_kind(20_000, gpu=False, current="ivfpq") == "flat"
