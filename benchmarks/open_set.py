@@ -82,6 +82,7 @@ EMBEDDERS = (
     EmbedderSpec("sface_yunet", REPO / "embedding/models/sface.onnx", "yunet"),  # the landmarks ablation
     EmbedderSpec("compact", REPO / "embedding/models/compact.pt", "dlib5"),
     EmbedderSpec("sface", REPO / "embedding/models/sface.onnx", "dlib5"),
+    EmbedderSpec("dlib_sface", REPO / "embedding/models/dlib_sface.onnx", "dlib5"),  # dlib + sface as one model
 )
 
 
@@ -96,10 +97,11 @@ SAME_PERSON = {
     "lfw/Brian_Williams": "lfw/Bison_Dele",
     "lfw/Odai_Hussein": "lfw/Uday_Hussein",
     "lfw/Bill_Pryor": "lfw/William_Pryor_Jr",
+    "lfw/Mireya_Elisa_Moscoso_Rodriguez": "lfw/Mireya_Moscoso",
 }
 """LFW folders that hold one person under two names (transliterations, a married name, a nickname, a change of
-name), merged into one identity. Found among the top false matches of this benchmark and kept only where the
-names alone show it is one person; other high-scoring pairs (one photo filed under two people who appear in it)
+name, a full name), merged into one identity. Found among the top false matches of this benchmark and kept only where
+the names alone show it is one person; other high-scoring pairs (one photo filed under two people who appear in it)
 stay as they are and count against every embedder alike."""
 
 
@@ -235,16 +237,31 @@ def embed(cache: Path, *, workers: int, models: Sequence[str], datasets: Sequenc
 @dataclass(frozen=True)
 class Faces:
     """Every photo of the shared data under one view: identity (N,) str, split (N,) str, found (N,) bool,
-    x float32 (N, D) unit rows (zero where no face was found)."""
+    x float32 (N, D) unit rows (zero where no face was found); parts: a fusion's part dims (None: one model)."""
 
     identity: np.ndarray
     split: np.ndarray
     found: np.ndarray
     x: np.ndarray
+    parts: tuple[int, ...] | None = None
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+def _unit(x: np.ndarray, parts: tuple[int, ...] | None = None, dtype: Any = np.float32) -> np.ndarray:
+    """Unit rows; a fusion's rows part by part (`index.base.unit_means`)."""
+    from index.base import unit_means  # noqa: PLC0415
+
+    return unit_means(np.asarray(x, dtype=np.float64), parts, dtype=dtype)
+
+
+def _model_parts(model: str) -> tuple[int, ...] | None:
+    """The part dims of a cached model that is itself a fusion (its card's `parts`), else None."""
+    from embedding.embedder import read_card  # noqa: PLC0415
+
+    spec = next((s for s in EMBEDDERS if s.name == model), None)
+    if spec is None or not spec.path.exists():
+        return None
+    parts = read_card(spec.path).parts
+    return tuple(parts) if parts else None
 
 
 def load_view(cache: Path, view: str, datasets: Sequence[str] | None = None) -> Faces:
@@ -259,6 +276,9 @@ def load_view(cache: Path, view: str, datasets: Sequence[str] | None = None) -> 
                 f"--models {view.partition(':')[0]} --datasets {' '.join(missing)}` first"
             )
     identities, found, parts = [], [], []
+    comps_parts = [_model_parts(comp.partition(":")[0]) for comp in view.split("+")]
+    if len(comps_parts) > 1 and any(comps_parts):
+        raise ValueError(f"{view}: a fusion of fused models is not supported")
     for ds in DATASETS:
         faces_file = cache_file(cache, ds.name, "faces")
         if not faces_file.exists() or (datasets is not None and ds.name not in datasets):
@@ -268,20 +288,24 @@ def load_view(cache: Path, view: str, datasets: Sequence[str] | None = None) -> 
         for comp in view.split("+"):
             model, _, option = comp.partition(":")
             vectors = np.load(cache_file(cache, ds.name, model))
-            comps.append(_unit(vectors["o"] + vectors["m"]) if option == "flip" else vectors["o"])
+            own = comps_parts[0] if len(comps_parts) == 1 else None
+            comps.append(_unit(vectors["o"] + vectors["m"], own) if option == "flip" else vectors["o"])
         identities.append(np.array([SAME_PERSON.get(str(i), str(i)) for i in meta["identity"]]))
         found.append(meta["found"])
         parts.append(np.concatenate(comps, axis=1) / np.sqrt(len(comps)))
+        dims = tuple(c.shape[1] for c in comps)
     if not identities:
         raise FileNotFoundError(
             f"no cached embeddings in {cache}: run `python -m benchmarks.open_set embed --models sface` first"
         )
     identity = np.concatenate(identities)
+    x = np.concatenate(parts).astype(np.float32)
     return Faces(
         identity=identity,
         split=np.array([split_of(str(i)) for i in identity]),
         found=np.concatenate(found),
-        x=np.concatenate(parts).astype(np.float32),
+        x=x,
+        parts=comps_parts[0] if len(dims) == 1 else dims,
     )
 
 
@@ -336,13 +360,19 @@ def make_gallery(
 
 
 def search(
-    gallery_x: np.ndarray, labels: np.ndarray, probes: np.ndarray, k: int, scoring: str = "best"
+    gallery_x: np.ndarray,
+    labels: np.ndarray,
+    probes: np.ndarray,
+    k: int,
+    scoring: str = "best",
+    parts: tuple[int, ...] | None = None,
 ) -> list[list[Any]]:
     """Identity-level top-k through facedb's own `index.gallery.GalleryIndex` (exact FAISS search); ``scoring``:
-    an identity scores by its best face or by the normalised mean of its faces (`FACEDB_IDENTITY_SCORE`)."""
+    an identity scores by its best face or by the normalised mean of its faces (`FACEDB_IDENTITY_SCORE`; a
+    fusion's mean part by part: ``parts``)."""
     from index.gallery import GalleryIndex  # noqa: PLC0415
 
-    index = GalleryIndex(gallery_x.shape[1], identity_score="mean" if scoring == "mean" else "best")
+    index = GalleryIndex(gallery_x.shape[1], identity_score="mean" if scoring == "mean" else "best", mean_parts=parts)
     index.add(np.arange(len(labels)), labels, gallery_x)
     return index.search(probes, k)
 
@@ -363,14 +393,14 @@ def run_gallery(
     """Search mated probes and strangers (a stranger never scores against its own identity's photos)."""
     gx = faces.x[gallery.rows]
     found = faces.found[gallery.mated]
-    hits = search(gx, gallery.labels, faces.x[gallery.mated[found]], 5, scoring) if found.any() else []
+    hits = search(gx, gallery.labels, faces.x[gallery.mated[found]], 5, scoring, faces.parts) if found.any() else []
     ranks = np.full(len(gallery.mated), -1)
     tops = np.full(len(gallery.mated), -1.0)
     for j, row in zip(np.flatnonzero(found), hits, strict=True):
         ids = [h.identity_id for h in row]
         ranks[j] = ids.index(gallery.mated_labels[j]) if gallery.mated_labels[j] in ids else -1
         tops[j] = row[0].score
-    s_hits = search(gx, gallery.labels, faces.x[strangers], 2, scoring)
+    s_hits = search(gx, gallery.labels, faces.x[strangers], 2, scoring, faces.parts)
     best = np.array(
         [
             next((h.score for h in row if h.identity_id != own), -1.0)
@@ -519,7 +549,7 @@ def enrolment_run(
         for r in range(block.shape[0]):
             i = start + r
             prior = accepted[:i]
-            other, score = _best_other(block[r, :i], prior, lab[:i], lab[i], sums, x[i], identity_score)
+            other, score = _best_other(block[r, :i], prior, lab[:i], lab[i], sums, x[i], identity_score, faces.parts)
             if other >= 0 and score >= cal.threshold(int(prior.sum()), conflict_fpir):
                 conflict[i] = True
                 refusals.append((str(faces.identity[rows[i]]), names[other], round(score, 4)))
@@ -533,7 +563,7 @@ def enrolment_run(
     enrolled = np.unique(lab[accepted])
     t_conflict = cal.threshold(int(accepted.sum()), conflict_fpir)
     tried = [k for k in held if k in set(enrolled.tolist())]
-    hits = search(x[accepted], lab[accepted], faces.x[[held[k] for k in tried]], 1, identity_score)
+    hits = search(x[accepted], lab[accepted], faces.x[[held[k] for k in tried]], 1, identity_score, faces.parts)
     caught = [h[0].identity_id == k and h[0].score >= t_conflict for k, h in zip(tried, hits, strict=True)]
     wrong = [h[0].identity_id != k and h[0].score >= t_conflict for k, h in zip(tried, hits, strict=True)]
     firsts = np.array([rows[int(np.flatnonzero(lab == k)[0])] for k in enrolled])
@@ -569,17 +599,17 @@ def _best_other(
     sums: np.ndarray,
     face: np.ndarray,
     identity_score: str,
+    parts: tuple[int, ...] | None = None,
 ) -> tuple[int, float]:
     """(label, score) of the enrolled person other than ``label`` who scores highest against ``face``, or (-1, -2):
     by their best face (``scores`` (i,): the face against every earlier photo; ``prior`` (i,): those accepted) or
-    by the normalised mean of their accepted faces (``sums`` (people, D))."""
+    by the normalised mean of their accepted faces (``sums`` (people, D); a fusion's part by part: ``parts``)."""
     if identity_score == "mean":
-        norms = np.linalg.norm(sums, axis=1)
-        norms[label] = 0.0
-        enrolled = norms > 0
+        enrolled = np.linalg.norm(sums, axis=1) > 0
+        enrolled[label] = False
         if not enrolled.any():
             return -1, -2.0
-        by_person = np.where(enrolled, (sums @ face) / np.maximum(norms, 1e-12), -2.0)
+        by_person = np.where(enrolled, _unit(sums, parts, np.float64) @ face, -2.0)
         j = int(np.argmax(by_person))
         return j, float(by_person[j])
     others = prior & (labels != label)
@@ -618,6 +648,7 @@ VIEWS = (
     "sface",
     "sface:flip",
     "dlib:flip+sface",
+    "dlib+sface",
     "dlib:flip+sface_yunet",
     "sface+sface_yunet",
 )
@@ -692,10 +723,19 @@ def genuine_scores(faces: Faces, split: str) -> np.ndarray:
 
 
 def write_card(
-    model: Path, view: str, cache: Path, *, default_far: float, targets: Sequence[float], baseline: str | None
+    model: Path,
+    view: str,
+    cache: Path,
+    *,
+    default_far: float,
+    targets: Sequence[float],
+    baseline: str | None,
+    conflict_fpir: float = 1e-3,
+    mismatch_far: float = 1e-2,
 ) -> Any:
     """Calibrate a model file's card on the calibration split: 1:1 thresholds (verify) at the measured FARs, the 1:N
-    calibration (identify, enrolment checks), and the evaluation split's 1:N table for the record."""
+    calibration (identify, enrolment checks), and for the record the evaluation split's 1:N table and the enrolment
+    of every person of the shared data (one photo each, and up to three) at the service's default checks."""
     from embedding.card import ModelCard  # noqa: PLC0415
     from embedding.embedder import read_card  # noqa: PLC0415
 
@@ -708,6 +748,16 @@ def write_card(
         label: {"threshold": t, "tar": round(float((genuine >= t).mean()), 4)} for label, t in thresholds.items()
     }
     evaluation = evaluate_view(faces, cal, sizes=SIZES, targets=targets)
+    enrolment = {
+        f"{photos}_photos": {
+            k: v
+            for k, v in enrolment_run(
+                faces, cal, split=None, conflict_fpir=conflict_fpir, mismatch_far=mismatch_far, photos=photos
+            ).items()
+            if k != "refusals"
+        }
+        for photos in (1, 3)
+    }
     baseline_rows: list[dict[str, Any]] = []
     if baseline is not None:
         base_faces = load_view(cache, baseline)
@@ -735,6 +785,7 @@ def write_card(
                     "galleries": evaluation["galleries"],
                     "baseline": {"view": baseline, "galleries": baseline_rows} if baseline else None,
                 },
+                "enrolment": enrolment,
             },
             "notes": f"Verify: threshold {thresholds[default_label]} at FAR {default_label} (TAR "
             f"{per_far[default_label]['tar']} on the calibration split). Identify: thresholds set per gallery size "

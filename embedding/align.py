@@ -109,7 +109,12 @@ the mean over 597 LFW faces, measured by `python -m scripts.derive_dlib_template
 are what dlib's ResNet (`dlib_resnet29`) was trained on; the per-face spread is 1.7-1.8 px at the eyes and
 5-7 px at the nose and mouth."""
 
-TEMPLATES: Final[dict[str, FaceTemplate]] = {t.name: t for t in (ARCFACE_112, HEAD_92x112, DLIB_150)}
+ARCFACE_112x123: Final = FaceTemplate(name="arcface_112x123", size=(112, 123), points=ARCFACE_112.points)
+"""ArcFace's 112x112 framing with 11 more rows below: the smallest crop that holds both ArcFace's square (its top
+112 rows, exactly) and dlib's 150x150 chip (`DLIB_150`, mapped by the similarity between the two templates; it
+reaches y = 122.6). The input of `embedding.fusion`'s models, which cut both from it."""
+
+TEMPLATES: Final[dict[str, FaceTemplate]] = {t.name: t for t in (ARCFACE_112, HEAD_92x112, DLIB_150, ARCFACE_112x123)}
 """Every built-in template by name."""
 
 _CANONICAL_SIZE: Final = 256

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from embedding.openset import OpenSetCalibration
 
-FaceTemplateName = Literal["head_92x112", "arcface_112", "dlib_150"]
+FaceTemplateName = Literal["head_92x112", "arcface_112", "dlib_150", "arcface_112x123"]
 """Names of the built-in face templates (`embedding.align.TEMPLATES`)."""
 
 
@@ -75,7 +75,20 @@ class ModelCard(BaseModel):
     default_threshold: float
     default_threshold_far: float
     open_set: OpenSetCalibration | None = None
+    parts: list[int] | None = None
     notes: str = ""
+
+    @model_validator(mode="after")
+    def _parts_fill_the_embedding(self) -> ModelCard:
+        """`parts`, when given, are at least two positive dims that sum to `embedding_dim`."""
+        if self.parts is not None and (
+            len(self.parts) < 2 or min(self.parts) < 1 or sum(self.parts) != self.embedding_dim
+        ):
+            raise ValueError(f"parts {self.parts} must be two or more positive dims summing to {self.embedding_dim}")
+        if self.parts is not None and self.input.flip:
+            # A mirror image's vector would be added to the fusion's whole vector, unbalancing its parts.
+            raise ValueError("a fusion (parts) cannot use mirror-image augmentation (input.flip)")
+        return self
 
     @model_validator(mode="after")
     def _default_threshold_is_listed(self) -> ModelCard:

@@ -25,7 +25,13 @@ def uncalibrated_message(source: str) -> str:
 
 
 def default_model_path() -> Path:
-    """The default model shipped with the package, `embedding/models/sface.onnx` (SFace, `embedding.sface`)."""
+    """The default model shipped with the package, `embedding/models/dlib_sface.onnx`: dlib's ResNet and SFace
+    fused into one model (`embedding.fusion`)."""
+    return Path(__file__).resolve().parent / "models" / "dlib_sface.onnx"
+
+
+def sface_model_path() -> Path:
+    """SFace alone (`embedding.sface`), the default before the fusion."""
     return Path(__file__).resolve().parent / "models" / "sface.onnx"
 
 

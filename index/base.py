@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +23,9 @@ __all__ = [
     "as_vectors",
     "atomic_write_bytes",
     "check_k",
+    "check_parts",
     "sorted_lookup",
+    "unit_means",
 ]
 
 
@@ -154,3 +157,36 @@ def atomic_write_bytes(path: Path, data: bytes | bytearray | memoryview) -> str:
     finally:
         os.close(dir_fd)
     return digest
+
+
+def check_parts(parts: Sequence[int] | None, dim: int) -> tuple[int, ...] | None:
+    """``parts`` as a tuple after checking that they are positive and sum to ``dim`` (None stays None)."""
+    if parts is None:
+        return None
+    out = tuple(int(p) for p in parts)
+    if not out or min(out) < 1 or sum(out) != dim:
+        raise ValueError(f"parts {out} must be positive dims that sum to the vector dim {dim}")
+    return out
+
+
+def unit_means(
+    sums: npt.NDArray[np.float64], parts: Sequence[int] | None, *, dtype: type[np.floating[Any]] = np.float32
+) -> npt.NDArray[Any]:
+    """Identity means from sums of their faces, float (N, D) -> (N, D) unit rows of ``dtype`` (float32).
+
+    With ``parts`` (dims summing to D: a fusion's vector is k independently normalised parts scaled by
+    1/sqrt(k)) each part is normalised on its own and the row scaled by 1/sqrt(k), so that a mean is a fusion
+    vector too and its cosine stays the mean of the k models' cosines. Normalising the whole sum instead would
+    weight the model whose faces agree most closely (the one with the largest part norm) above the others.
+    """
+    if parts is None:
+        unit: npt.NDArray[Any] = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(dtype)
+        return unit
+    out = np.empty(sums.shape, dtype=np.float64)
+    start = 0
+    for width in parts:
+        block = sums[:, start : start + width]
+        out[:, start : start + width] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        start += width
+    fused: npt.NDArray[Any] = (out / np.sqrt(len(parts))).astype(dtype)
+    return fused

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +21,9 @@ from index.base import (
     as_vectors,
     atomic_write_bytes,
     check_k,
+    check_parts,
     sorted_lookup,
+    unit_means,
 )
 from index.brute_force import BruteForceIndex
 from index.faiss_index import FaissIndex, Tuning
@@ -129,6 +132,9 @@ class GalleryIndex:
     recomputed for the identities each change touches; searches then rank identities by that mean (derived state:
     snapshots hold only the faces, and `load` rebuilds it).
 
+    ``mean_parts``: the vectors are fusions of independently normalised parts of these dims (a model card's
+    `parts`); each identity's mean is then normalised part by part (`index.base.unit_means`).
+
     ``kind`` names the FAISS index kind (`index.faiss_index.KINDS`) of both indexes; `compact` rebuilds them, in
     the same or another kind, while searches and changes go on.
 
@@ -144,6 +150,7 @@ class GalleryIndex:
         kind: str = "flat",
         tuning: Tuning | None = None,
         identity_score: IdentityScore = "best",
+        mean_parts: Sequence[int] | None = None,
     ) -> None:
         if identity_score not in ("best", "mean"):
             raise ValueError(f"identity_score must be 'best' or 'mean', got {identity_score!r}")
@@ -160,6 +167,7 @@ class GalleryIndex:
         # identity -> its face ids, so that an identity's faces are found without scanning every face
         self._members = _Members()
         self._identity_score: IdentityScore = identity_score
+        self._mean_parts = check_parts(mean_parts, dim)
         self._means: VectorIndex | None = _make_index(dim, backend, kind, tuning) if identity_score == "mean" else None
         self._journal: list[_Change] | None = None  # recording while a compaction builds
 
@@ -291,8 +299,7 @@ class GalleryIndex:
         faces, owner = self._members.faces_of(keep)
         sums = np.zeros((keep.size, self.dim), dtype=np.float64)
         np.add.at(sums, owner, self._index.reconstruct(faces))
-        norms = np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        means = (sums / norms).astype(np.float32)
+        means = unit_means(sums, self._mean_parts)
         self._means.add(keep, means)
         self._record("means", keep, means)
 
@@ -438,6 +445,7 @@ class GalleryIndex:
         backend: Backend = "faiss",
         identity_score: IdentityScore = "best",
         tuning: Tuning | None = None,
+        mean_parts: Sequence[int] | None = None,
     ) -> tuple[GalleryIndex, dict[str, Any]]:
         """Read a directory written by `save`; returns (index, meta). The index keeps the kind it was saved as, and
         searches with the search parameters of `tuning` when given.
@@ -465,10 +473,17 @@ class GalleryIndex:
         if tuning is not None:
             index.set_search_tuning(tuning)
         if backend == "faiss":
-            out = cls(dim, backend=backend, kind=index.kind, tuning=index.tuning, identity_score=identity_score)
+            out = cls(
+                dim,
+                backend=backend,
+                kind=index.kind,
+                tuning=index.tuning,
+                identity_score=identity_score,
+                mean_parts=mean_parts,
+            )
             out._index = index
         else:
-            out = cls(dim, backend=backend, identity_score=identity_score)
+            out = cls(dim, backend=backend, identity_score=identity_score, mean_parts=mean_parts)
             out._index.add(face_ids, index.reconstruct(face_ids))
         out._faces, out._idents = face_ids, ident_ids
         out._members.add(ident_ids, face_ids)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any, Literal
@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from index.base import IndexCorruptError, as_ids, as_vectors, check_k
+from index.base import IndexCorruptError, as_ids, as_vectors, check_k, check_parts, unit_means
 from index.gallery import Hit, IdentityScore
 
 __all__ = ["INDEX_TYPE", "MAX_TOPK", "STATE_COLLECTION", "MilvusGallery", "collection_names"]
@@ -150,13 +150,15 @@ class MilvusGallery:
         identity_score: IdentityScore = "best",
         token: str = "",
         timeout: float | None = 30.0,
+        mean_parts: Sequence[int] | None = None,
     ) -> None:
         """Connect to Milvus at `uri` and open (creating where absent) this gallery's collections.
 
         uri: a milvus-lite file path ending in ``.db`` (its directory must exist) or a Milvus server URI.
         gallery_id: int >= 0. model_key: the embedding model's checksum (hex), non-empty; a different key never
         shares collections. dim: vector dimensionality >= 1. token: Milvus credentials ("user:password" or an API
-        key). timeout: seconds for each Milvus call (None: no limit).
+        key). timeout: seconds for each Milvus call (None: no limit). mean_parts: as `GalleryIndex`'s (a fusion's
+        means are normalised part by part).
 
         Raises ValueError on bad arguments; IndexCorruptError when Milvus is unreachable, or the existing collections
         have another schema, dimensionality, metric or model key.
@@ -173,6 +175,7 @@ class MilvusGallery:
         self._model_key = model_key
         self._dim = int(dim)
         self._identity_score: IdentityScore = identity_score
+        self._mean_parts = check_parts(mean_parts, dim)
         self._timeout = timeout
         self._faces_name, self._means_name = collection_names(self._gallery_id, model_key)
         self._lock = threading.RLock()
@@ -714,8 +717,7 @@ class MilvusGallery:
         pos = np.searchsorted(touched, idents)
         np.add.at(sums, pos, x.astype(np.float64))
         alive = np.isin(touched, idents)
-        norms = np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        means = (sums / norms).astype(np.float32)
+        means = unit_means(sums, self._mean_parts)
         live = np.flatnonzero(alive)
         for start in range(0, live.size, _WRITE_CHUNK):
             sel = live[start : start + _WRITE_CHUNK]

@@ -12,6 +12,7 @@ their training data. Thresholds are then measured by `facedb calibrate` and the 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +73,24 @@ def _gallery_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render(card: ModelCard) -> str:
-    """The model card as Markdown, every number from the card."""
+INTRO = [
+    "SFace, a MobileFaceNet (128-d) trained with the sigmoid-constrained hypersphere loss, from OpenCV's model zoo.",
+    "Written by `python -m scripts.build_sface`, calibrated by",
+]
+
+BASELINES = {"dlib:flip": "dlib's ResNet with mirror TTA", "sface": "SFace alone"}
+"""What a card's baseline view is, in words."""
+
+
+def render(card: ModelCard, *, intro: Sequence[str] = INTRO) -> str:
+    """The model card as Markdown, every number from the card; ``intro`` opens it and ends with "calibrated by"."""
     cal = card.metrics.get("calibration", {})
     ev = card.metrics.get("open_set_evaluation", {})
     open_set = card.open_set
     lines = [
         f"# Model card: {card.name}@{card.version}",
         "",
-        "The default embedder of facedb: SFace, a MobileFaceNet (128-d) trained with the sigmoid-constrained",
-        "hypersphere loss, from OpenCV's model zoo. Written by `python -m scripts.build_sface`, calibrated by",
+        *intro,
         f"`{cal.get('by', 'python -m benchmarks.open_set calibrate')}`.",
         "",
         "## Source and licence",
@@ -129,10 +138,29 @@ def render(card: ModelCard) -> str:
         ]
         if ev.get("baseline"):
             lines += [
-                f"Baseline in the same run: `{ev['baseline']['view']}` (dlib's ResNet, the previous default).",
+                f"Baseline in the same run: `{ev['baseline']['view']}` "
+                f"({BASELINES.get(ev['baseline']['view'], 'another view')}).",
                 "",
             ]
             lines += [*_gallery_table(ev["baseline"]["galleries"]), ""]
+    enrolment = card.metrics.get("enrolment")
+    if enrolment:
+        lines += [
+            "## Enrolment checks (every person of the shared data)",
+            "",
+            "`benchmarks/open_set.py`: every person enrolled in data-set order with the service's checks, then each",
+            "person's next photo enrolled again under a new id (caught when the conflict check names them).",
+            "",
+            "| photos per person | people | refused as conflicts | enrolled again: caught | conflict FPIR |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {'' if e['photos_per_person'] == 1 else 'up to '}{e['photos_per_person']} | {e['people']} "
+                f"| {e['people_refused_as_conflicts']} ({e['refusal_rate']:.2%}) "
+                f"| {e['reenrol_caught']:.1%} of {e['reenrolled']} | {e['conflict_fpir']:g} |"
+                for e in enrolment.values()
+            ],
+            "",
+        ]
     lines += ["## Notes", "", card.notes, ""]
     return "\n".join(lines)
 

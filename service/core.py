@@ -204,6 +204,7 @@ class FaceService:
             snapshot_dir=self.settings.resolved_index_dir / info.checksum[:16],
             backend=self.settings.index_backend,
             identity_score=self.settings.identity_score,
+            mean_parts=embedder.card.parts,
             backfill=lambda face_ids: self.backfill_templates(info.id, embedder, face_ids),
             kind=self.settings.index_kind,
             tuning=Tuning(

@@ -95,10 +95,12 @@ class IndexManager:
         tuning: Tuning | None = None,
         milvus_uri: str = "",
         milvus_token: str = "",
+        mean_parts: Sequence[int] | None = None,
     ) -> None:
         """``backfill(face_ids)`` computes and stores missing templates of this model version from the stored
         crops (faces enrolled by a process that did not know this version yet); it returns how many it made.
-        ``kind``: a FAISS index kind for every gallery, or "auto" (`choose_kind`)."""
+        ``kind``: a FAISS index kind for every gallery, or "auto" (`choose_kind`). ``mean_parts``: the model card's
+        `parts` (a fusion: identity means are normalised part by part)."""
         self._db = db
         self._backfill = backfill
         self._model_version_id = model_version_id
@@ -107,6 +109,7 @@ class IndexManager:
         self._snapshot_dir = snapshot_dir
         self._backend = backend
         self._identity_score: IdentityScore = identity_score
+        self._mean_parts = tuple(mean_parts) if mean_parts is not None else None
         self._kind = kind
         self._tuning = tuning
         self._gpu = backend == "faiss" and kind == "auto" and gpu_available()
@@ -161,7 +164,9 @@ class IndexManager:
         if path is None or not (path / "manifest.json").exists():
             return None
         try:
-            index, meta = GalleryIndex.load(path, identity_score=self._identity_score, tuning=self._tuning)
+            index, meta = GalleryIndex.load(
+                path, identity_score=self._identity_score, tuning=self._tuning, mean_parts=self._mean_parts
+            )
         except IndexCorruptError as exc:
             log.warning(
                 "index snapshot for gallery %d is unusable (%s); rebuilding from the database",
@@ -199,6 +204,7 @@ class IndexManager:
             dim=self._dim,
             identity_score=self._identity_score,
             token=self._milvus_token,
+            mean_parts=self._mean_parts,
         )
 
     def kind_for(self, n: int, *, current: str | None = None) -> str:
@@ -221,6 +227,7 @@ class IndexManager:
             kind=self.kind_for(n),
             tuning=self._tuning,
             identity_score=self._identity_score,
+            mean_parts=self._mean_parts,
         )
 
     def _rebuild(self, gallery_id: int) -> GalleryIndex | MilvusGallery:

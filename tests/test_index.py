@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import threading
 from collections.abc import Callable
@@ -291,11 +292,31 @@ def test_gallery_matches_brute_force(backend: Any) -> None:
         assert not any(h.identity_id in set(victims.tolist()) for hits in got for h in hits)
 
 
-def check_mean_results(got: list[list[Hit]], xq: F32, face_ids: I64, idents: I64, x: F32, *, k: int) -> None:
+def reference_means(x: F32, idents: I64, parts: tuple[int, ...] | None = None) -> npt.NDArray[np.float64]:
+    """Each identity's (ascending) unit mean face; a fusion's (``parts``) part by part, scaled by 1/sqrt(k)."""
+    sums = np.stack([x[idents == i].astype(np.float64).sum(axis=0) for i in np.unique(idents)])
+    if parts is None:
+        whole: npt.NDArray[np.float64] = sums / np.linalg.norm(sums, axis=1, keepdims=True)
+        return whole
+    edges = np.cumsum((0, *parts))
+    blocks = [sums[:, a:b] / np.linalg.norm(sums[:, a:b], axis=1, keepdims=True) for a, b in itertools.pairwise(edges)]
+    fused: npt.NDArray[np.float64] = np.concatenate(blocks, axis=1) / np.sqrt(len(parts))
+    return fused
+
+
+def check_mean_results(
+    got: list[list[Hit]],
+    xq: F32,
+    face_ids: I64,
+    idents: I64,
+    x: F32,
+    *,
+    k: int,
+    parts: tuple[int, ...] | None = None,
+) -> None:
     """Against a numpy reference: each identity scores q . unit(mean of its faces); the hit names its best face."""
     ids = np.unique(idents)
-    means = np.stack([x[idents == i].astype(np.float64).mean(axis=0) for i in ids])
-    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    means = reference_means(x, idents, parts)
     scores = xq.astype(np.float64) @ means.T
     for r, hits in enumerate(got):
         expected = np.sort(scores[r])[::-1][:k]
@@ -332,6 +353,43 @@ def test_gallery_mean_identity_score_matches_reference(backend: Any, tmp_path: P
     g.save(tmp_path / "g", meta={})
     loaded, _ = GalleryIndex.load(tmp_path / "g", backend=backend, identity_score="mean")
     check_mean_results(loaded.search(xq, 5), xq, face_ids[keep], idents[keep], x[keep], k=5)
+
+
+def fused_faces(rng: np.random.Generator, n_ident: int, faces_per: float) -> tuple[I64, I64, F32]:
+    """Fusion vectors (two unit parts of DIM/2, scaled by 1/sqrt(2)): the first model's faces of one person agree
+    closely, the second's loosely, as dlib's ResNet and SFace do."""
+    half = DIM // 2
+    n = int(n_ident * faces_per)
+    idents = rng.integers(0, n_ident, size=n).astype(np.int64)
+    tight = unit_vectors(rng, n_ident, half)[idents] + 0.1 * unit_vectors(rng, n, half)
+    loose = unit_vectors(rng, n_ident, half)[idents] + 1.0 * unit_vectors(rng, n, half)
+    parts = [p / np.linalg.norm(p, axis=1, keepdims=True) for p in (tight, loose)]
+    return np.arange(n, dtype=np.int64), idents, (np.concatenate(parts, axis=1) / np.sqrt(2)).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "numpy"])
+def test_gallery_mean_of_a_fusion_is_taken_part_by_part(backend: Any, tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    face_ids, idents, x = fused_faces(rng, 60, 4)
+    parts = (DIM // 2, DIM // 2)
+    # the whole-vector mean weights the tight part above the loose one: the two references really differ
+    assert np.abs(reference_means(x, idents, parts) - reference_means(x, idents)).max() > 0.01
+    g = GalleryIndex(DIM, backend=backend, identity_score="mean", mean_parts=parts)
+    g.add(face_ids, idents, x)
+    xq = x[rng.choice(face_ids.size, 15, replace=False)]
+    check_mean_results(g.search(xq, 5), xq, face_ids, idents, x, k=5, parts=parts)
+    gone = face_ids[::3]
+    g.remove_faces(gone)
+    keep = ~np.isin(face_ids, gone)
+    check_mean_results(g.search(xq, 5), xq, face_ids[keep], idents[keep], x[keep], k=5, parts=parts)
+    g.save(tmp_path / "g", meta={})
+    loaded, _ = GalleryIndex.load(tmp_path / "g", backend=backend, identity_score="mean", mean_parts=parts)
+    check_mean_results(loaded.search(xq, 5), xq, face_ids[keep], idents[keep], x[keep], k=5, parts=parts)
+
+
+def test_gallery_refuses_parts_that_do_not_fill_the_vector() -> None:
+    with pytest.raises(ValueError, match="sum to the vector dim"):
+        GalleryIndex(DIM, identity_score="mean", mean_parts=(DIM // 2, DIM // 4))
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "fp16"])

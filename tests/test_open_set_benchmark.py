@@ -4,6 +4,7 @@ mean of their accepted faces, or their best face), never the person being enroll
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks.open_set import _best_other
 
@@ -31,7 +32,7 @@ def test_best_other_scores_by_mean_or_best_face() -> None:
     assert (best_person, best_score) == (1, float(scores[2]))
     assert scores[2] > scores[:2].max()
     assert mean_person == 0
-    assert mean_score == float(face @ sums[0] / np.linalg.norm(sums[0]))
+    assert mean_score == pytest.approx(float(face @ sums[0] / np.linalg.norm(sums[0])), abs=1e-12)
     assert mean_score > float(scores[2])
 
 
@@ -46,3 +47,21 @@ def test_best_other_ignores_the_person_enrolled_and_refused_photos() -> None:
     assert _best_other(earlier @ face, accepted, labels, 0, sums, face, "best") == (-1, -2.0)
     person, _ = _best_other(earlier @ face, accepted, labels, 1, sums, face, "mean")
     assert person == 0
+
+
+def test_best_other_takes_a_fusions_means_part_by_part() -> None:
+    # two-part fusion vectors: person 0's faces agree in the first part and differ in the second
+    a = _unit([1, 0], [1, 0.05])
+    b = _unit([1, 0], [-0.6, 1])
+    earlier = np.concatenate([a, b], axis=1) / np.sqrt(2)
+    labels = np.array([0, 0])
+    sums = np.zeros((2, 4))
+    np.add.at(sums, labels, earlier)
+    face = (np.concatenate([_unit([1, 0])[0], _unit([0, 1])[0]]) / np.sqrt(2)).astype(np.float64)
+    accepted = np.ones(2, dtype=bool)
+    _, whole = _best_other(earlier @ face, accepted, labels, 1, sums, face, "mean")
+    _, by_part = _best_other(earlier @ face, accepted, labels, 1, sums, face, "mean", (2, 2))
+    halves = [sums[0, :2] / np.linalg.norm(sums[0, :2]), sums[0, 2:] / np.linalg.norm(sums[0, 2:])]
+    assert by_part == pytest.approx(float(face @ (np.concatenate(halves) / np.sqrt(2))), abs=1e-12)
+    assert whole == pytest.approx(float(face @ sums[0] / np.linalg.norm(sums[0])), abs=1e-12)
+    assert abs(by_part - whole) > 0.01
