@@ -647,6 +647,7 @@ VIEWS = (
     "sface_yunet",
     "sface",
     "sface:flip",
+    "dlib_sface",
     "dlib:flip+sface",
     "dlib+sface",
     "dlib:flip+sface_yunet",

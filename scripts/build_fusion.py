@@ -11,7 +11,6 @@ aligned by dlib's five points, cut from one `FUSION_INPUT` crop. Thresholds and 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from embedding.fusion import FUSION_INPUT, INPUT_NAME, OUTPUT_NAME, Part, fusion
 from embedding.onnx_embedder import graph_sha256, write_onnx_card
 from embedding.sface import SFACE_INPUT, sface_graph
 from scripts.build_sface import TRAINING as SFACE_TRAINING
-from scripts.build_sface import render
+from scripts.build_sface import card_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,16 +80,7 @@ def build(out: Path) -> ModelCard:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "embedding/models/dlib_sface.onnx")
-    parser.add_argument("--render-only", action="store_true", help="only write the .md card beside the model")
-    args = parser.parse_args()
-    if not args.render_only:
-        card = build(args.out)
-        print(f"wrote {args.out} ({card.name}@{card.version}, uncalibrated)")
-    card = read_card(args.out)
-    args.out.with_suffix(".md").write_text(render(card, intro=INTRO))
-    print(f"wrote {args.out.with_suffix('.md')}")
+    card_cli(__doc__.splitlines()[0], REPO / "embedding/models/dlib_sface.onnx", build, intro=INTRO)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ their training data. Thresholds are then measured by `facedb calibrate` and the 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,17 +165,24 @@ def render(card: ModelCard, *, intro: Sequence[str] = INTRO) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "embedding/models/sface.onnx")
+def card_cli(
+    description: str, default_out: Path, build_model: Callable[[Path], ModelCard], intro: Sequence[str] = INTRO
+) -> None:
+    """A model script's command line: write the model (unless ``--render-only``), then its Markdown card."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=default_out)
     parser.add_argument("--render-only", action="store_true", help="only write the .md card beside the model")
     args = parser.parse_args()
     if not args.render_only:
-        card = build(args.out)
+        card = build_model(args.out)
         print(f"wrote {args.out} ({card.name}@{card.version}, uncalibrated)")
     card = read_card(args.out)
-    args.out.with_suffix(".md").write_text(render(card))
+    args.out.with_suffix(".md").write_text(render(card, intro=intro))
     print(f"wrote {args.out.with_suffix('.md')}")
+
+
+def main() -> None:
+    card_cli(__doc__.splitlines()[0], REPO / "embedding/models/sface.onnx", build)
 
 
 if __name__ == "__main__":

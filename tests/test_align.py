@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import typing
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from embedding.align import (
     template_for_spec,
     transform_points,
 )
-from embedding.card import InputSpec
+from embedding.card import FaceTemplateName, InputSpec
 from embedding.detect import DlibDetector
 from tests.conftest import DATA_ROOT, read_rgb, require_data
 
@@ -100,7 +101,11 @@ def test_border_modes() -> None:
 
 
 def test_templates_and_spec() -> None:
-    assert set(TEMPLATES) == {"arcface_112", "head_92x112", "dlib_150"}
+    assert set(TEMPLATES) == {"arcface_112", "head_92x112", "dlib_150", "arcface_112x123"}
+    assert set(TEMPLATES) == set(typing.get_args(FaceTemplateName))
+    # the fusion's input: ArcFace's square on top, unchanged, and 11 more rows below
+    assert np.array_equal(TEMPLATES["arcface_112x123"].points, ARCFACE_112.points)
+    assert TEMPLATES["arcface_112x123"].size == (112, 123)
     assert HEAD_92x112.size == (92, 112)
     # Head framing from dlib_resnet.md: eyes at ~47% of the height, eye-to-mouth ~30%.
     eyes_y = HEAD_92x112.points[:2, 1].mean() / 112
