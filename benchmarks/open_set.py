@@ -275,7 +275,7 @@ def load_view(cache: Path, view: str, datasets: Sequence[str] | None = None) -> 
                 f"no cached embeddings of {', '.join(missing)} in {cache}: run `python -m benchmarks.open_set embed "
                 f"--models {view.partition(':')[0]} --datasets {' '.join(missing)}` first"
             )
-    identities, found, parts = [], [], []
+    identities, found, blocks = [], [], []
     comps_parts = [_model_parts(comp.partition(":")[0]) for comp in view.split("+")]
     if len(comps_parts) > 1 and any(comps_parts):
         raise ValueError(f"{view}: a fusion of fused models is not supported")
@@ -292,14 +292,14 @@ def load_view(cache: Path, view: str, datasets: Sequence[str] | None = None) -> 
             comps.append(_unit(vectors["o"] + vectors["m"], own) if option == "flip" else vectors["o"])
         identities.append(np.array([SAME_PERSON.get(str(i), str(i)) for i in meta["identity"]]))
         found.append(meta["found"])
-        parts.append(np.concatenate(comps, axis=1) / np.sqrt(len(comps)))
+        blocks.append(np.concatenate(comps, axis=1) / np.sqrt(len(comps)))
         dims = tuple(c.shape[1] for c in comps)
     if not identities:
         raise FileNotFoundError(
             f"no cached embeddings in {cache}: run `python -m benchmarks.open_set embed --models sface` first"
         )
     identity = np.concatenate(identities)
-    x = np.concatenate(parts).astype(np.float32)
+    x = np.concatenate(blocks).astype(np.float32)
     return Faces(
         identity=identity,
         split=np.array([split_of(str(i)) for i in identity]),

@@ -291,7 +291,7 @@ def recall(ids: np.ndarray, e_ids: np.ndarray, rows: np.ndarray) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     faiss.omp_set_num_threads(args.build_threads)
     rng = np.random.default_rng(args.seed)
-    model, real_x, real_person = fit_face_model(args.cache, args.datasets)
+    model, real_x, real_person = fit_face_model(args.cache, args.datasets, args.view)
     gallery = make_gallery(model, args.faces, args.per_person, args.queries, args.seed)
     synthetic = cosine_quantiles(gallery.x[:200_000], gallery.person[:200_000], rng)
     kind = args.kind or choose_kind(args.faces, gpu=gpu_available())
@@ -386,6 +386,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         choices=ALL_DATASETS,
         default=list(ALL_DATASETS),
         help="the shared data sets whose real embeddings the gallery's statistics follow (default: all of them)",
+    )
+    p.add_argument(
+        "--view",
+        default="sface",
+        help="the cached embeddings whose statistics the gallery follows, e.g. dlib_sface (the default model, 256-d)",
     )
     p.add_argument("--json", action="store_true", help="only the JSON line")
     args = p.parse_args(argv)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from embedding.card import ModelCard
-from embedding.embedder import read_card
+from embedding.embedder import read_card, sface_model_path
 from embedding.onnx_embedder import graph_sha256, write_onnx_card
 from embedding.onnx_quant import ZOO_PACKAGE
 from embedding.sface import SFACE_FILE, SFACE_INPUT, SFACE_SHA256, sface_graph
@@ -182,7 +182,7 @@ def card_cli(
 
 
 def main() -> None:
-    card_cli(__doc__.splitlines()[0], REPO / "embedding/models/sface.onnx", build)
+    card_cli(__doc__.splitlines()[0], sface_model_path(), build)
 
 
 if __name__ == "__main__":

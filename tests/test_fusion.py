@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from embedding.align import ARCFACE_112, DLIB_150, ARCFACE_112x123, align_face
+from embedding.card import ModelCard
 from embedding.checkpoint import load_checkpoint
-from embedding.embedder import Embedder, dlib_resnet_model_path, load_embedder
+from embedding.embedder import Embedder, dlib_resnet_model_path, load_embedder, read_card, sface_model_path
 from embedding.fusion import Part, fusion_graph, sampling_grid
 from embedding.preprocess import to_model_input
 from embedding.sface import SFACE_INPUT
@@ -48,7 +49,7 @@ def test_each_part_is_its_model_on_its_own_crop(fused: Embedder) -> None:
     np.testing.assert_allclose(np.linalg.norm(out[:, :128], axis=1), 2**-0.5, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(out[:, 128:], axis=1), 2**-0.5, atol=1e-5)
     # SFace reads the frame's top 112 rows, its own ArcFace square, unchanged
-    sface = load_embedder(REPO / "embedding/models/sface.onnx", threads=1)
+    sface = load_embedder(sface_model_path(), threads=1)
     expected = sface.embed([f[:112] for f in frames])
     assert (expected * out[:, 128:] * 2**0.5).sum(axis=1).min() > 0.9999
     # dlib's ResNet (without its mirror image) sees its 150x150 chip cut from the frame by the templates' similarity
@@ -75,3 +76,11 @@ def test_a_fusion_needs_two_parts_of_their_templates_size() -> None:
     odd = SFACE_INPUT.model_copy(update={"height": 100})
     with pytest.raises(ValueError, match="template's size"):
         fusion_graph([Part("a", None, "x", "y", odd, 128), Part("b", None, "x", "y", odd, 128)], name="two")
+
+
+def test_card_refuses_parts_that_do_not_fill_the_vector_or_a_mirror_image() -> None:
+    card = read_card(FUSION).model_dump()
+    with pytest.raises(ValueError, match="summing to 256"):
+        ModelCard.model_validate({**card, "parts": [128, 100]})
+    with pytest.raises(ValueError, match="mirror-image"):
+        ModelCard.model_validate({**card, "input": {**card["input"], "flip": True}})

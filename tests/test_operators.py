@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from embedding.embedder import default_model_path, read_card
 from service.logs import JsonFormatter, RequestIdFilter
 from service.settings import Settings
 from tests.conftest import SYNTHETIC_ENROL, SYNTHETIC_PROBE, admin_client, admin_headers, image_bytes
@@ -62,7 +63,7 @@ def test_metrics_after_some_traffic(client: TestClient) -> None:
         assert _metric(text, "facedb_stage_seconds_count", stage=stage) >= calls, stage
     assert _metric(text, "facedb_embed_queue_depth") == 0
     assert _metric(text, "facedb_gallery_faces", gallery="default") == 1
-    assert _metric(text, "facedb_active_model_info", name="sface") == 1
+    assert _metric(text, "facedb_active_model_info", name=read_card(default_model_path()).name) == 1
     assert _metric(text, "facedb_overloaded_total") == 0
     assert _metric(text, "facedb_rate_limited_total") == 0
     assert "/v1/galleries/default/identities/1" not in text  # templates, never raw paths

@@ -58,7 +58,8 @@ def test_json_line_names_the_service_choice(
     real = (np.random.default_rng(4).standard_normal((300, DIM)) / np.sqrt(DIM)).astype(np.float32)
     people = np.repeat(np.arange(60), 5)
 
-    def fit(cache: Path, datasets: Sequence[str]) -> tuple[FaceModel, np.ndarray, np.ndarray]:
+    def fit(cache: Path, datasets: Sequence[str], view: str) -> tuple[FaceModel, np.ndarray, np.ndarray]:
+        assert view == "sface"  # the --view default
         x = real + np.repeat(np.random.default_rng(5).standard_normal((60, DIM)).astype(np.float32), 5, axis=0)
         return _model(), x / np.linalg.norm(x, axis=1, keepdims=True), people
 
