@@ -25,14 +25,19 @@ def uncalibrated_message(source: str) -> str:
 
 
 def default_model_path() -> Path:
-    """The default model shipped with the package, `embedding/models/dlib_sface.onnx`: dlib's ResNet and SFace
-    fused into one model (`embedding.fusion`)."""
-    return Path(__file__).resolve().parent / "models" / "dlib_sface.onnx"
+    """The default model shipped with the package, `embedding/models/sface.onnx` (SFace, `embedding.sface`)."""
+    return sface_model_path()
 
 
 def sface_model_path() -> Path:
-    """SFace alone (`embedding.sface`), the default before the fusion."""
+    """SFace (`embedding.sface`), 128-d."""
     return Path(__file__).resolve().parent / "models" / "sface.onnx"
+
+
+def fusion_model_path() -> Path:
+    """`embedding/models/dlib_sface.onnx`: dlib's ResNet and SFace fused into one 256-d model (`embedding.fusion`);
+    lower FNIR than SFace alone, but twice the vector, so not the default (README, "The default model")."""
+    return Path(__file__).resolve().parent / "models" / "dlib_sface.onnx"
 
 
 def dlib_resnet_model_path() -> Path:

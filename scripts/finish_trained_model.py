@@ -151,7 +151,7 @@ def render(card: ModelCard, path: Path) -> str:
     return f"""# Model card: `{path.name}`: {card.name} (version `{card.version}`)
 
 facedb's own face embedder, trained by `facedb train` on two CPU cores: the fast option beside the default
-model (dlib's ResNet + SFace, `dlib_sface.md`), SFace (`sface.md`) and dlib's ResNet (`dlib_resnet.md`); serve it with
+model (SFace, `sface.md`), the fusion (`dlib_sface.md`) and dlib's ResNet (`dlib_resnet.md`); serve it with
 `FACEDB_MODEL_PATH=embedding/models/{path.name}`. Everything
 below was measured on this file through the serving path (detect, align, embed) and is stored in its card
 (`facedb models list`, or `embedding.checkpoint.load_checkpoint`); this page is rendered from the card by

@@ -12,13 +12,19 @@ from PIL import Image
 from embedding.align import ARCFACE_112, DLIB_150, ARCFACE_112x123, align_face
 from embedding.card import ModelCard
 from embedding.checkpoint import load_checkpoint
-from embedding.embedder import Embedder, dlib_resnet_model_path, load_embedder, read_card, sface_model_path
+from embedding.embedder import (
+    Embedder,
+    dlib_resnet_model_path,
+    fusion_model_path,
+    load_embedder,
+    read_card,
+    sface_model_path,
+)
 from embedding.fusion import Part, fusion_graph, sampling_grid
 from embedding.preprocess import to_model_input
 from embedding.sface import SFACE_INPUT
-from tests.conftest import REPO
 
-FUSION = REPO / "embedding/models/dlib_sface.onnx"
+FUSION = fusion_model_path()
 
 
 def smooth_frames(n: int) -> list[np.ndarray]:
