@@ -81,6 +81,14 @@ def _stored_as_half(model: Any) -> list[Any]:
     return casts
 
 
+def _strip_debug_info(model: Any) -> None:
+    """Drop the exporter's per-node debug records (PyTorch's stack traces name the machine's file paths); they play
+    no part in inference."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+
+
 def fusion_graph(parts: Sequence[Part], *, name: str, frame: FaceTemplate = ARCFACE_112x123) -> Any:
     """One ``onnx.ModelProto``: input `INPUT_NAME` float32 (N, 3, H, W) in 0-255 aligned to ``frame``; output
     `OUTPUT_NAME` float32 (N, sum of dims), the parts' normalised vectors concatenated and scaled by 1/sqrt(k)."""
@@ -129,6 +137,7 @@ def fusion_graph(parts: Sequence[Part], *, name: str, frame: FaceTemplate = ARCF
             helper.make_node("Mul", [f"{q}crop", f"{q}mul"], [f"{q}scaled"]),
             helper.make_node("Sub", [f"{q}scaled", f"{q}sub"], [p + part.input]),
         ]
+        _strip_debug_info(model)
         inner_nodes += _stored_as_half(model) + list(model.graph.node)
         initializers += list(model.graph.initializer)
         normalised.append(f"{q}unit")
