@@ -90,7 +90,7 @@ KINDS: dict[str, IndexKind] = {
         _kind(
             "pq",
             "4-bit PQ codes of every vector, all scanned by SIMD fast-scan (no partition to miss a neighbour in);"
-            " the short list re-ranked exactly from float32 (PQx4fs,RFlat)",
+            " the short list re-ranked exactly from float32 ([PCAR128,]PQx4fs,RFlat: vectors wider than 128-d PCA-reduced first)",
             approximate=True,
             min_train=10_000,
             native_remove=False,
@@ -129,6 +129,10 @@ class Tuning:
 # with a fixed count a growing gallery would scan an ever smaller share and lose recall.
 AUTO_NPROBE_MIN = 1280
 AUTO_NPROBE_SHARE = 0.32
+
+# The widest vectors the pq kind codes as they are; wider ones (a fusion's 256-d) are PCA-reduced to this many
+# dimensions first, so that a search scans 128-d codes whatever the model (benchmarks/README.md, search_scale).
+PQ_MAX_DIM = 128
 
 
 def auto_nprobe(tuning: Tuning, nlist: int, *, gpu: bool = False) -> int:
@@ -176,8 +180,13 @@ def _pq_spec(dim: int) -> str:
 
     At 1M realistic 128-d faces, scanning every code beat scanning a third of IVF lists for time and recall alike
     (benchmarks/README.md): a stranger's nearest face is barely nearer than thousands of others, in any list.
+    Wider vectors (a fusion's 256-d) are first PCA-rotated to `PQ_MAX_DIM` dimensions, so that their codes cost
+    what 128-d ones do; the re-ranking reads the full vectors, so reported scores stay exact cosines.
     """
-    return f"PQ{dim // 2 if dim % 2 == 0 else dim}x4fs,RFlat"
+    reduced = min(dim, PQ_MAX_DIM)
+    subquantizers = reduced // 2 if reduced % 2 == 0 else reduced
+    pca = f"PCAR{reduced}," if reduced < dim else ""
+    return f"{pca}PQ{subquantizers}x4fs,RFlat"
 
 
 def _ivfpq_spec(dim: int, nlist: int) -> str:

@@ -44,10 +44,10 @@ SCORE_ATOL = {
 CPU_KINDS = [k for k, spec in KINDS.items() if not spec.gpu]
 
 
-def clustered(rng: np.random.Generator, n: int, centres: int = 300) -> F32:
+def clustered(rng: np.random.Generator, n: int, centres: int = 300, dim: int = DIM) -> F32:
     """Unit vectors around random centres (people), like face embeddings; unstructured data flatters nothing."""
-    c = rng.standard_normal((centres, DIM)).astype(np.float32)
-    x = c[rng.integers(0, centres, n)] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
+    c = rng.standard_normal((centres, dim)).astype(np.float32)
+    x = c[rng.integers(0, centres, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
     return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
 
 
@@ -168,6 +168,43 @@ def test_pq_snapshot_and_single_queries_agree_with_batches(tmp_path: Any, kind: 
     singles = [index.search(q[None], 10) for q in xq]
     np.testing.assert_array_equal(np.concatenate([i for _, i in singles]), batch[1])
     np.testing.assert_allclose(np.concatenate([s for s, _ in singles]), batch[0], rtol=1e-6)
+
+
+def fused(rng: np.random.Generator, n: int, rotation: F32) -> F32:
+    """256-d vectors shaped like a fusion of two 128-d models: each model's unit vector of the same face, side by
+    side, scaled by 1/sqrt(2); the second model sees the first's clusters in its own basis, with its own noise."""
+    a = clustered(rng, n, dim=128)
+    b = a @ rotation + 0.1 * rng.standard_normal(a.shape).astype(np.float32)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    return np.asarray(np.hstack([a, b]) / np.sqrt(2), dtype=np.float32)
+
+
+def test_pq_codes_wide_vectors_after_a_pca_and_still_reports_exact_cosines(tmp_path: Any) -> None:
+    def structure(index: FaissIndex) -> Any:
+        refine: Any = faiss.downcast_index(index._main.index)
+        return faiss.downcast_index(refine.base_index)
+
+    rng = np.random.default_rng(11)
+    dim = 256
+    rotation = np.linalg.qr(rng.standard_normal((128, 128)))[0].astype(np.float32)
+    x = fused(rng, 12_000, rotation)
+    index, ref = FaissIndex.from_vectors(np.arange(12_000), x, kind="pq"), BruteForceIndex(dim)
+    ref.add(np.arange(12_000), x)
+    pca = structure(index)
+    assert isinstance(pca, faiss.IndexPreTransform) and pca.index.d == faiss_index.PQ_MAX_DIM == 128
+    codes = faiss.downcast_index(pca.index)
+    assert isinstance(codes, faiss.IndexPQFastScan) and codes.pq.M == 64
+    xq = fused(rng, 50, rotation)  # strangers: people of their own
+    assert recall_at(index, ref, xq, 10) >= RECALL_FLOOR["pq"]
+    s, i = index.search(xq, 3)
+    exact = np.einsum("qd,qkd->qk", xq, ref.reconstruct(i.ravel()).reshape(len(xq), 3, dim))
+    np.testing.assert_allclose(s, exact, atol=SCORE_ATOL["pq"])  # re-ranked from the full vectors
+    index.save(tmp_path / "wide.npz")
+    loaded = FaissIndex.load(tmp_path / "wide.npz", kind="pq")
+    for a, b in zip(index.search(xq, 10), loaded.search(xq, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+    narrow = FaissIndex.from_vectors(np.arange(12_000), clustered(rng, 12_000, dim=128), kind="pq")
+    assert isinstance(structure(narrow), faiss.IndexPQFastScan)  # 128-d and below: coded as they are
 
 
 def test_ivfpq_of_the_layout_before_fast_scan_asks_to_be_rebuilt(
