@@ -90,7 +90,7 @@ KINDS: dict[str, IndexKind] = {
         _kind(
             "pq",
             "4-bit PQ codes of every vector, all scanned by SIMD fast-scan (no partition to miss a neighbour in);"
-            " the short list re-ranked exactly from float32 ([PCAR128,]PQx4fs,RFlat: vectors wider than 128-d PCA-reduced first)",
+            " the short list re-ranked exactly from float32 (PQx4fs,RFlat; PCAR128 first for vectors wider than 128-d)",
             approximate=True,
             min_train=10_000,
             native_remove=False,
