@@ -55,7 +55,8 @@ class Settings(BaseSettings):
         default=700,
         ge=10,
         le=100_000,
-        description="pq and ivfpq kinds: candidates re-ranked exactly from float32 per search.",
+        description="pq and ivfpq kinds: candidates re-ranked exactly from float32 per search (pq: per 128"
+        " dimensions of the model's vectors, so twice as many for a 256-d fusion).",
     )
     milvus_uri: str = Field(
         default="",

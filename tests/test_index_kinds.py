@@ -205,6 +205,8 @@ def test_pq_codes_wide_vectors_after_a_pca_and_still_reports_exact_cosines(tmp_p
         np.testing.assert_array_equal(a, b)
     narrow = FaissIndex.from_vectors(np.arange(12_000), clustered(rng, 12_000, dim=128), kind="pq")
     assert isinstance(structure(narrow), faiss.IndexPQFastScan)  # 128-d and below: coded as they are
+    # the codes of the reduced vectors rank worse, so the short list re-ranked from the full ones is twice as long
+    assert index._search_params(10).k_factor == 2 * narrow._search_params(10).k_factor == 2 * 700 / 10
 
 
 def test_ivfpq_of_the_layout_before_fast_scan_asks_to_be_rebuilt(
