@@ -1,10 +1,11 @@
 """Search at scale on realistic vectors: facedb's FAISS index kinds beside exact search in the same run.
 
 Galleries are synthetic but follow real embeddings of the shared faces: the default model's embeddings of the
-shared data (`python -m benchmarks.open_set embed --models sface`, cached; ``--datasets`` picks the data sets, all
-five by default) give the mean and covariance of a person's centre and of a face around its centre; new people and
-faces are drawn from those Gaussians and normalised, so that genuine and impostor cosines have the real
-distributions (printed beside the real ones). Probes: half a new face of an enrolled person, half a stranger.
+shared data (`python -m benchmarks.open_set embed --models dlib_sface`, cached; ``--view`` picks another model's,
+``--datasets`` the data sets, all five by default) give the mean and covariance of a person's centre and of a face
+around its centre; new people and faces are drawn from those Gaussians and normalised (a fusion's part by part), so
+that genuine and impostor cosines have the real distributions (printed beside the real ones). Probes: half a new
+face of an enrolled person, half a stranger.
 
     python -m benchmarks.search_scale --faces 1000000 --json            # the kind the service would choose
     python -m benchmarks.search_scale --faces 100000 --kind fp16 --json
@@ -37,21 +38,25 @@ import numpy as np
 
 from benchmarks.open_set import CACHE, DATASETS, load_view
 from index import KINDS, FaissIndex, GalleryIndex, Tuning, gpu_available
+from index.base import unit_means
 from service.indexing import choose_kind
 
 ALL_DATASETS = tuple(d.name for d in DATASETS)
+DEFAULT_VIEW = "dlib_sface"
+"""The cached embeddings the galleries follow by default: the default model's (`embedder.default_model_path`)."""
 
 
 @dataclass(frozen=True)
 class FaceModel:
     """Statistics of real embeddings: person centres ~ N(centre_mean, centre_cov); a person's faces ~
     normalise(centre + spread * N(0, face_cov)), with ``spread`` drawn per person from the real people's (some
-    people's photos vary far more than others')."""
+    people's photos vary far more than others'); a fusion's vectors (``parts``) are normalised part by part."""
 
     centre_mean: np.ndarray
     centre_chol: np.ndarray
     face_chol: np.ndarray
     spreads: np.ndarray
+    parts: tuple[int, ...] | None = None
 
     @property
     def dim(self) -> int:
@@ -70,11 +75,11 @@ class FaceModel:
         """float32 (N, D) unit faces, one per row of ``centres`` with its person's ``spread`` (N,)."""
         z = rng.standard_normal(centres.shape).astype(np.float32)
         x = centres + spread[:, None] * (z @ self.face_chol.T)
-        return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
+        return np.asarray(unit_means(np.asarray(x, dtype=np.float64), self.parts), dtype=np.float32)
 
 
 def fit_face_model(
-    cache: Path, datasets: Sequence[str] = ALL_DATASETS, view: str = "sface"
+    cache: Path, datasets: Sequence[str] = ALL_DATASETS, view: str = DEFAULT_VIEW
 ) -> tuple[FaceModel, np.ndarray, np.ndarray]:
     """The statistics of the cached real embeddings of ``datasets``, with those embeddings' (unit (N, D), person
     (N,))."""
@@ -101,6 +106,7 @@ def fit_face_model(
         centre_chol=np.linalg.cholesky(np.cov(centres, rowvar=False) + jitter).astype(np.float32),
         face_chol=np.linalg.cholesky(np.cov(residual, rowvar=False) + jitter).astype(np.float32),
         spreads=spreads.astype(np.float32),
+        parts=real.parts,
     )
     return model, x, person
 
@@ -202,12 +208,13 @@ def decisions(gallery: Gallery, scores: np.ndarray, ids: np.ndarray, threshold: 
     }
 
 
-def identity_level(gallery: Gallery) -> Gallery:
-    """The gallery as the service searches it with identity_score="mean": one normalised mean face per person."""
+def identity_level(gallery: Gallery, parts: tuple[int, ...] | None = None) -> Gallery:
+    """The gallery as the service searches it with identity_score="mean": one normalised mean face per person (a
+    fusion's part by part)."""
     people = int(gallery.person.max()) + 1
     sums = np.zeros((people, gallery.x.shape[1]), dtype=np.float64)
     np.add.at(sums, gallery.person, gallery.x)
-    means = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+    means = unit_means(sums, parts)
     return Gallery(means, np.arange(people), gallery.probes, gallery.probe_person)
 
 
@@ -296,7 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     synthetic = cosine_quantiles(gallery.x[:200_000], gallery.person[:200_000], rng)
     kind = args.kind or choose_kind(args.faces, gpu=gpu_available())
     if args.level == "identity":
-        gallery = identity_level(gallery)
+        gallery = identity_level(gallery, model.parts)
     tuning = Tuning(
         hnsw_m=args.hnsw_m,
         ef_construction=args.ef_construction,
@@ -389,8 +396,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     p.add_argument(
         "--view",
-        default="sface",
-        help="the cached embeddings whose statistics the gallery follows, e.g. dlib_sface (the default model, 256-d)",
+        default=DEFAULT_VIEW,
+        help="the cached embeddings whose statistics the gallery follows (default: the default model's, the 256-d"
+        " fusion dlib_sface; sface for SFace's 128-d)",
     )
     p.add_argument("--json", action="store_true", help="only the JSON line")
     args = p.parse_args(argv)

@@ -28,6 +28,18 @@ def _model(seed: int = 0) -> FaceModel:
     )
 
 
+def test_a_fusion_s_faces_and_identity_means_are_fusion_vectors() -> None:
+    """Each of a fusion's parts is a unit vector scaled by 1/sqrt(2), in the faces drawn and in the people's means,
+    as the model and the service's index make them (a whole-vector normalisation would not keep that)."""
+    half = DIM // 2
+    model = _model()
+    fused = FaceModel(model.centre_mean, model.centre_chol, model.face_chol, model.spreads, parts=(half, half))
+    gallery = make_gallery(fused, faces=600, per_person=5, queries=50, seed=2)
+    for x in (gallery.x, search_scale.identity_level(gallery, fused.parts).x):
+        for part in (x[:, :half], x[:, half:]):
+            np.testing.assert_allclose(np.linalg.norm(part, axis=1), np.sqrt(0.5), rtol=1e-5)
+
+
 def test_gallery_shape_and_genuine_probes_are_closer() -> None:
     gallery = make_gallery(_model(), faces=3000, per_person=5, queries=200, seed=1)
     assert gallery.x.shape == (3000, DIM) and np.allclose(np.linalg.norm(gallery.x, axis=1), 1, atol=1e-5)
@@ -59,7 +71,7 @@ def test_json_line_names_the_service_choice(
     people = np.repeat(np.arange(60), 5)
 
     def fit(cache: Path, datasets: Sequence[str], view: str) -> tuple[FaceModel, np.ndarray, np.ndarray]:
-        assert view == "sface"  # the --view default
+        assert view == "dlib_sface"  # the --view default: the default model
         x = real + np.repeat(np.random.default_rng(5).standard_normal((60, DIM)).astype(np.float32), 5, axis=0)
         return _model(), x / np.linalg.norm(x, axis=1, keepdims=True), people
 
