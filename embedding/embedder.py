@@ -25,23 +25,23 @@ def uncalibrated_message(source: str) -> str:
 
 
 def default_model_path() -> Path:
-    """The default model shipped with the package, `embedding/models/sface.onnx` (SFace, `embedding.sface`)."""
-    return sface_model_path()
+    """The default model shipped with the package: the fusion of dlib's ResNet and SFace, `fusion_model_path`."""
+    return fusion_model_path()
 
 
 def sface_model_path() -> Path:
-    """SFace (`embedding.sface`), 128-d."""
+    """SFace (`embedding.sface`), 128-d (the default before the fusion)."""
     return Path(__file__).resolve().parent / "models" / "sface.onnx"
 
 
 def fusion_model_path() -> Path:
-    """`embedding/models/dlib_sface.onnx`: dlib's ResNet and SFace fused into one 256-d model (`embedding.fusion`);
-    lower FNIR than SFace alone, but twice the vector, so not the default (README, "The default model")."""
+    """`embedding/models/dlib_sface.onnx`: dlib's ResNet and SFace fused into one 256-d model (`embedding.fusion`),
+    the default: lower FNIR at FPIR 1% than either alone (README, "The default model")."""
     return Path(__file__).resolve().parent / "models" / "dlib_sface.onnx"
 
 
 def dlib_resnet_model_path() -> Path:
-    """dlib's ResNet read into PyTorch, `embedding/models/dlib_resnet.pt` (the default before SFace)."""
+    """dlib's ResNet read into PyTorch, `embedding/models/dlib_resnet.pt` (the default before SFace and the fusion)."""
     return Path(__file__).resolve().parent / "models" / "dlib_resnet.pt"
 
 

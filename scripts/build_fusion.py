@@ -28,6 +28,7 @@ INTRO = [
     "A fusion of two embedders served as one model: dlib's ResNet (`dlib_resnet.pt`, CC0) and SFace (OpenCV model",
     "zoo, Apache-2.0), each on its own crop of one face aligned by dlib's five points; the vector is their two",
     "normalised 128-d vectors side by side, scaled by 1/sqrt(2), so a cosine is the mean of the two models' cosines.",
+    "facedb's default face embedder (after SFace alone, `sface.md`).",
     "Written by `python -m scripts.build_fusion`, calibrated by",
 ]
 

@@ -75,6 +75,7 @@ def _gallery_table(rows: list[dict[str, Any]]) -> list[str]:
 
 INTRO = [
     "SFace, a MobileFaceNet (128-d) trained with the sigmoid-constrained hypersphere loss, from OpenCV's model zoo.",
+    "facedb's default face embedder until the fusion of dlib's ResNet and SFace (`dlib_sface.md`) replaced it.",
     "Written by `python -m scripts.build_sface`, calibrated by",
 ]
 

@@ -8,7 +8,7 @@
 # Installing: with a package index, `pip install -e '.[dev]' faiss-gpu-cu12` into the running python (PYTHON,
 # default python3). Offline, put the wheels in .whl/ first (as for any machine without an index); they are installed
 # into /tmp/site. The benchmarks need the default model's cached embeddings of the shared faces
-# of three small sets (`python -m benchmarks.open_set embed --models sface --datasets att celeba yalea`; the
+# of three small sets (`python -m benchmarks.open_set embed --models dlib_sface --datasets att celeba yalea`; the
 # galleries then follow those three, `search_scale --datasets att celeba yalea`), looked for in BENCH_CACHE
 # (default ~/.cache/facedb/open_set); without them the benchmarks are skipped, saying so.
 set -uo pipefail
@@ -61,7 +61,7 @@ echo "pytest exit status: $?" >>"$REPORT"
 end_section
 
 section "GPU search benchmarks (benchmarks/search_scale.py, JSON lines)"
-if [ ! -f "$BENCH_CACHE/celeba.sface.npz" ]; then
+if [ ! -f "$BENCH_CACHE/celeba.dlib_sface.npz" ]; then
   echo "skipped: no cached embeddings in $BENCH_CACHE" >>"$REPORT"
 elif ! "$PYTHON" -c 'import faiss, sys; sys.exit(0 if faiss.get_num_gpus() > 0 else 1)' 2>/dev/null; then
   echo "skipped: faiss sees no GPU" >>"$REPORT"
