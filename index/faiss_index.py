@@ -192,8 +192,8 @@ def _pq_spec(dim: int) -> str:
 
 def _rerank_factor(kind: IndexKind, dim: int) -> int:
     """How many times `Tuning.rerank` candidates a search re-ranks: pq codes of PCA-reduced vectors rank the true
-    nearest face lower, so a 256-d fusion re-ranks twice the short list (recall@1 0.997 at 1M faces, against 0.985
-    with the same list as 128-d vectors: benchmarks/README.md)."""
+    nearest face lower, so a 256-d fusion re-ranks twice the short list (at 1M faces recall@1 1.000 in 1.53 ms,
+    against 0.997 in 1.29 ms with 700 candidates; 128-d SFace with 700: 0.999; benchmarks/README.md)."""
     return -(-dim // PQ_MAX_DIM) if kind.name == "pq" else 1
 
 
