@@ -398,7 +398,7 @@ class FaissIndex:
     @property
     def needs_compaction(self) -> bool:
         """Whether `compacted` would pay off: many tombstones, a large staging index, IVF lists trained for a
-        gallery a quarter of today's size, or an ivfpq structure of an older layout."""
+        gallery a quarter of today's size, or a pq or ivfpq structure of an older layout."""
         n = max(self.ntotal, 1)
         if self.tombstones > max(1000, n // 10):
             return True
@@ -408,10 +408,16 @@ class FaissIndex:
         return (trained_for is not None and n > 4 * trained_for) or self._outdated_structure()
 
     def _outdated_structure(self) -> bool:
-        """An ivfpq snapshot from before fast-scan (8-bit PQ codes, too slow for today's search effort)."""
-        if self._kind.name != "ivfpq" or self._main is None:
+        """An ivfpq snapshot from before fast-scan (8-bit PQ codes, too slow for today's search effort), or a pq
+        snapshot of vectors wider than `PQ_MAX_DIM` coded without the PCA (3-4x slower at 1M faces)."""
+        if self._main is None:
             return False
-        return not isinstance(self._main_ivf(), _faiss.IndexIVFFastScan)
+        if self._kind.name == "ivfpq":
+            return not isinstance(self._main_ivf(), _faiss.IndexIVFFastScan)
+        if self._kind.name == "pq" and self._dim > PQ_MAX_DIM:
+            refine: Any = faiss.downcast_index(self._main.index)
+            return not isinstance(faiss.downcast_index(refine.base_index), faiss.IndexPreTransform)
+        return False
 
     def _tuning_trained_for(self) -> int | None:
         if self._kind.name != "ivfpq" or self._main is None:

@@ -209,6 +209,27 @@ def test_pq_codes_wide_vectors_after_a_pca_and_still_reports_exact_cosines(tmp_p
     assert index._search_params(10).k_factor == 2 * narrow._search_params(10).k_factor == 2 * 700 / 10
 
 
+def test_wide_pq_of_the_layout_before_the_pca_asks_to_be_rebuilt(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(12)
+    rotation = np.linalg.qr(rng.standard_normal((128, 128)))[0].astype(np.float32)
+    x = fused(rng, 12_000, rotation)
+    with monkeypatch.context() as patch:  # the structure the previous version built for 256-d vectors
+        patch.setattr(faiss_index, "PQ_MAX_DIM", 256)
+        FaissIndex.from_vectors(np.arange(12_000), x, kind="pq").save(tmp_path / "old.npz")
+    old = FaissIndex.load(tmp_path / "old.npz", kind="pq")
+    assert old.needs_compaction  # it loads and answers, and asks for a rebuild
+    _, before = old.search(x[:20], 5)
+    new = old.compacted()
+    assert not new.needs_compaction
+    _, after = new.search(x[:20], 5)
+    np.testing.assert_array_equal(before[:, 0], np.arange(20))
+    np.testing.assert_array_equal(after[:, 0], np.arange(20))
+    narrow = FaissIndex.from_vectors(np.arange(12_000), clustered(rng, 12_000, dim=128), kind="pq")
+    assert not narrow.needs_compaction
+
+
 def test_ivfpq_of_the_layout_before_fast_scan_asks_to_be_rebuilt(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
