@@ -543,13 +543,13 @@ def enrolment_run(
     mismatch = np.zeros(len(rows), dtype=bool)
     t_mismatch = cal.threshold_at_far(mismatch_far)
     refusals = []
-    sums = np.zeros((len(people), x.shape[1]), dtype=np.float64)  # each person's accepted faces, summed
+    means = PersonMeans.from_sums(np.zeros((len(people), x.shape[1])), faces.parts)
     for start in range(0, len(rows), 512):
         block = x[start : start + 512] @ x.T
         for r in range(block.shape[0]):
             i = start + r
             prior = accepted[:i]
-            other, score = _best_other(block[r, :i], prior, lab[:i], lab[i], sums, x[i], identity_score, faces.parts)
+            other, score = _best_other(block[r, :i], prior, lab[:i], lab[i], means, x[i], identity_score)
             if other >= 0 and score >= cal.threshold(int(prior.sum()), conflict_fpir):
                 conflict[i] = True
                 refusals.append((str(faces.identity[rows[i]]), names[other], round(score, 4)))
@@ -559,7 +559,7 @@ def enrolment_run(
                 mismatch[i] = True
                 continue
             accepted[i] = True
-            sums[lab[i]] += x[i]
+            means.add(int(lab[i]), x[i])
     enrolled = np.unique(lab[accepted])
     t_conflict = cal.threshold(int(accepted.sum()), conflict_fpir)
     tried = [k for k in held if k in set(enrolled.tolist())]
@@ -591,25 +591,51 @@ def enrolment_run(
     }
 
 
+@dataclass
+class PersonMeans:
+    """Each person's accepted faces summed (``sums`` (people, D) float64) and their normalised mean (``means``, a
+    fusion's part by part: ``parts``; zero rows for people with no face yet), kept current one face at a time, so
+    that a conflict check costs one product with the means, not renormalising every person."""
+
+    sums: np.ndarray
+    means: np.ndarray
+    enrolled: np.ndarray
+    parts: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_sums(cls, sums: np.ndarray, parts: tuple[int, ...] | None = None) -> PersonMeans:
+        """From sums of the faces accepted so far (a person with none has a zero row)."""
+        sums = np.array(sums, dtype=np.float64)
+        enrolled = np.linalg.norm(sums, axis=1) > 0
+        means = np.zeros_like(sums)
+        means[enrolled] = _unit(sums[enrolled], parts, np.float64)
+        return cls(sums, means, enrolled, parts)
+
+    def add(self, label: int, face: np.ndarray) -> None:
+        """Count one more accepted face (D,) of person ``label``."""
+        self.sums[label] += face
+        self.means[label] = _unit(self.sums[label : label + 1], self.parts, np.float64)[0]
+        self.enrolled[label] = True
+
+
 def _best_other(
     scores: np.ndarray,
     prior: np.ndarray,
     labels: np.ndarray,
     label: int,
-    sums: np.ndarray,
+    people: PersonMeans,
     face: np.ndarray,
     identity_score: str,
-    parts: tuple[int, ...] | None = None,
 ) -> tuple[int, float]:
     """(label, score) of the enrolled person other than ``label`` who scores highest against ``face``, or (-1, -2):
     by their best face (``scores`` (i,): the face against every earlier photo; ``prior`` (i,): those accepted) or
-    by the normalised mean of their accepted faces (``sums`` (people, D); a fusion's part by part: ``parts``)."""
+    by the normalised mean of their accepted faces (``people``)."""
     if identity_score == "mean":
-        enrolled = np.linalg.norm(sums, axis=1) > 0
+        enrolled = people.enrolled.copy()
         enrolled[label] = False
         if not enrolled.any():
             return -1, -2.0
-        by_person = np.where(enrolled, _unit(sums, parts, np.float64) @ face, -2.0)
+        by_person = np.where(enrolled, people.means @ face, -2.0)
         j = int(np.argmax(by_person))
         return j, float(by_person[j])
     others = prior & (labels != label)

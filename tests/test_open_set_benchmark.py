@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.open_set import _best_other
+from benchmarks.open_set import PersonMeans, _best_other
 
 
 def _unit(*rows: list[float]) -> np.ndarray:
@@ -25,8 +25,9 @@ def test_best_other_scores_by_mean_or_best_face() -> None:
     scores = earlier @ face
     accepted = np.ones(3, dtype=bool)
 
-    best_person, best_score = _best_other(scores, accepted, labels, 2, sums, face, "best")
-    mean_person, mean_score = _best_other(scores, accepted, labels, 2, sums, face, "mean")
+    people = PersonMeans.from_sums(sums)
+    best_person, best_score = _best_other(scores, accepted, labels, 2, people, face, "best")
+    mean_person, mean_score = _best_other(scores, accepted, labels, 2, people, face, "mean")
 
     # by the best face, person 1's single face wins; by the mean, person 0's two faces do
     assert (best_person, best_score) == (1, float(scores[2]))
@@ -43,9 +44,10 @@ def test_best_other_ignores_the_person_enrolled_and_refused_photos() -> None:
     sums = np.zeros((2, 3))
     sums[0] = earlier[0]  # person 1's photo was refused: not accepted, not summed
     accepted = np.array([True, False])
-    assert _best_other(earlier @ face, accepted, labels, 0, sums, face, "mean") == (-1, -2.0)
-    assert _best_other(earlier @ face, accepted, labels, 0, sums, face, "best") == (-1, -2.0)
-    person, _ = _best_other(earlier @ face, accepted, labels, 1, sums, face, "mean")
+    people = PersonMeans.from_sums(sums)
+    assert _best_other(earlier @ face, accepted, labels, 0, people, face, "mean") == (-1, -2.0)
+    assert _best_other(earlier @ face, accepted, labels, 0, people, face, "best") == (-1, -2.0)
+    person, _ = _best_other(earlier @ face, accepted, labels, 1, people, face, "mean")
     assert person == 0
 
 
@@ -59,9 +61,24 @@ def test_best_other_takes_a_fusions_means_part_by_part() -> None:
     np.add.at(sums, labels, earlier)
     face = (np.concatenate([_unit([1, 0])[0], _unit([0, 1])[0]]) / np.sqrt(2)).astype(np.float64)
     accepted = np.ones(2, dtype=bool)
-    _, whole = _best_other(earlier @ face, accepted, labels, 1, sums, face, "mean")
-    _, by_part = _best_other(earlier @ face, accepted, labels, 1, sums, face, "mean", (2, 2))
+    _, whole = _best_other(earlier @ face, accepted, labels, 1, PersonMeans.from_sums(sums), face, "mean")
+    _, by_part = _best_other(earlier @ face, accepted, labels, 1, PersonMeans.from_sums(sums, (2, 2)), face, "mean")
     halves = [sums[0, :2] / np.linalg.norm(sums[0, :2]), sums[0, 2:] / np.linalg.norm(sums[0, 2:])]
     assert by_part == pytest.approx(float(face @ (np.concatenate(halves) / np.sqrt(2))), abs=1e-12)
     assert whole == pytest.approx(float(face @ sums[0] / np.linalg.norm(sums[0])), abs=1e-12)
     assert abs(by_part - whole) > 0.01
+
+
+def test_person_means_kept_one_face_at_a_time_equal_means_of_the_sums() -> None:
+    rng = np.random.default_rng(0)
+    faces = rng.standard_normal((12, 4))
+    labels = rng.integers(0, 5, 12)
+    for parts in (None, (2, 2)):
+        kept = PersonMeans.from_sums(np.zeros((5, 4)), parts)
+        for label, face in zip(labels, faces, strict=True):
+            kept.add(int(label), face)
+        sums = np.zeros((5, 4))
+        np.add.at(sums, labels, faces)
+        direct = PersonMeans.from_sums(sums, parts)
+        np.testing.assert_allclose(kept.means, direct.means, atol=1e-12)
+        np.testing.assert_array_equal(kept.enrolled, np.isin(np.arange(5), labels))
