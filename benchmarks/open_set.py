@@ -674,6 +674,7 @@ VIEWS = (
     "sface",
     "sface:flip",
     "dlib_sface",
+    "dlib_sface:flip",  # the served fusion with the whole aligned crop mirrored (not served: the card refuses it)
     "dlib:flip+sface",
     "dlib+sface",
     "dlib:flip+sface_yunet",
