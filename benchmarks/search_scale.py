@@ -75,7 +75,7 @@ class FaceModel:
         """float32 (N, D) unit faces, one per row of ``centres`` with its person's ``spread`` (N,)."""
         z = rng.standard_normal(centres.shape).astype(np.float32)
         x = centres + spread[:, None] * (z @ self.face_chol.T)
-        return np.asarray(unit_means(np.asarray(x, dtype=np.float64), self.parts), dtype=np.float32)
+        return unit_means(x.astype(np.float64), self.parts)
 
 
 def fit_face_model(
