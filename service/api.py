@@ -333,7 +333,9 @@ def enroll_faces(
     (`no_face`, `multiple_faces`, `face_too_small`, `too_blurry`, `too_dark`, `overexposed`, `extreme_pose`,
     `low_confidence`, `identity_conflict`, `duplicate_image`, or an image error).
 
-    If no file is accepted the answer is 422 `no_face_enrolled` with every rejection in `details`.
+    If no file is accepted the answer is 422 `no_face_enrolled` with every rejection in `details`. An accepted face
+    that identify would name as another identity is listed in `warnings` as `possible_duplicate` (also kept in the
+    audit event: face id -> the other identity).
     """
     if len(image) > settings.max_images_per_request:
         raise FacedbError(413, "too_many_images", f"at most {settings.max_images_per_request} images per request")
@@ -349,6 +351,7 @@ def enroll_faces(
     audit.add(
         face_ids=[a.face_id for a in result.accepted],
         rejected=[r.code for r in result.rejected],
+        possible_duplicates={str(w.face_id): w.other_identity for w in result.warnings},
         allow_conflict=allow_conflict,
         allow_mismatch=allow_mismatch,
     )

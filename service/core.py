@@ -84,6 +84,17 @@ class Screen:
 
 
 @dataclass(frozen=True)
+class Lookalike:
+    """An accepted face (``position`` in the request's kept faces) that identify would name as another identity
+    (``hit``, below the conflict bar) at ``threshold``: enrolment warns of it as ``possible_duplicate``."""
+
+    position: int
+    hit: Hit
+    other: Identity | None
+    threshold: float
+
+
+@dataclass(frozen=True)
 class Decision:
     """The threshold a decision used and where it came from: "request", "setting" (FACEDB_THRESHOLD),
     "calibrated" (1:N at ``target_fpir`` for ``gallery_size`` identities or faces) or "model" (the card's 1:1
@@ -416,7 +427,9 @@ class FaceService:
         big, sharp, lit and frontal enough; see ``FACEDB_QUALITY__*``); without it the whole image is the
         face. A face that is near-certainly a *different* identity of the gallery (1:N at FACEDB_CONFLICT_FPIR) is
         rejected as ``identity_conflict`` unless ``allow_conflict``; one that does not look like the identity's
-        own faces (1:1 at FACEDB_MISMATCH_FAR) as ``face_mismatch`` unless ``allow_mismatch``. Each face is
+        own faces (1:1 at FACEDB_MISMATCH_FAR) as ``face_mismatch`` unless ``allow_mismatch``. A face accepted below
+        the conflict bar that identify would still name as another identity is reported in ``warnings`` as
+        ``possible_duplicate`` (FACEDB_POSSIBLE_DUPLICATE_WARNINGS; not with ``allow_conflict``). Each face is
         embedded by the active model and by every version a re-index is building, and its crop is kept (unless
         ``FACEDB_STORE_CROPS=false``) so that later models can re-embed it.
         """
@@ -440,13 +453,17 @@ class FaceService:
             known.add(digest)
             kept.append((upload, digest, face))
         accepted: list[schemas.AcceptedFace] = []
+        warnings: list[schemas.EnrollWarning] = []
         if kept:
             faces_in = [f for _, _, f in kept]
             templates = {serving.model.id: self._embed_faces(serving.embedder, faces_in)}
             for mv_id, embedder in building.items():
                 templates[mv_id] = self._embed_faces(embedder, faces_in)
             screen = Screen(conflict=not allow_conflict, mismatch=not allow_mismatch)
-            stored = self._store_faces(serving, gallery, identity_id, kept, templates, screen, rejected)
+            lookalikes: list[Lookalike] = []
+            stored = self._store_faces(serving, gallery, identity_id, kept, templates, screen, rejected, lookalikes)
+            face_of = {i: f.id for i, f in stored}
+            warnings = [_possible_duplicate(kept[w.position][0].filename, face_of[w.position], w) for w in lookalikes]
             accepted = [
                 schemas.AcceptedFace(
                     filename=kept[i][0].filename,
@@ -457,7 +474,7 @@ class FaceService:
                 for i, f in stored
             ]
             self.serving.indexes.catch_up()
-        result = schemas.EnrollPublic(identity_id=identity_id, accepted=accepted, rejected=rejected)
+        result = schemas.EnrollPublic(identity_id=identity_id, accepted=accepted, rejected=rejected, warnings=warnings)
         if not accepted:
             raise FacedbError(
                 422,
@@ -491,6 +508,7 @@ class FaceService:
         templates: dict[int, np.ndarray],
         screen: Screen,
         rejected: list[schemas.RejectedFile],
+        lookalikes: list[Lookalike],
     ) -> list[tuple[int, Face]]:
         """Screen the faces and store those that pass, in one transaction that holds the change-log lock with the
         index caught up to it, so that no face committed meanwhile escapes the check (two enrolments of one person
@@ -503,7 +521,8 @@ class FaceService:
                     if crud.max_seq(session) != serving.indexes.applied_seq:
                         continue  # another writer committed since the catch-up: catch up again
                     identity = self._identity(session, gallery, identity_id)
-                    keep = self._screen(session, serving, identity, kept, templates[serving.model.id], screen, rejected)
+                    x = templates[serving.model.id]
+                    keep = self._screen(session, serving, identity, kept, x, screen, rejected, lookalikes)
                     if not keep:
                         return []
                     faces = crud.add_faces(
@@ -531,14 +550,17 @@ class FaceService:
         x: np.ndarray,
         screen: Screen,
         rejected: list[schemas.RejectedFile],
+        lookalikes: list[Lookalike],
     ) -> list[int]:
         """Positions of the faces that pass: not another identity's (``identity_conflict``: another identity scores,
         as identify scores it (FACEDB_IDENTITY_SCORE), at or above the 1:N conflict threshold) and, where the
         identity already has faces (or an earlier face of this request was kept), like them (else ``face_mismatch``:
-        the best of its faces scores below the 1:1 mismatch threshold)."""
+        the best of its faces scores below the 1:1 mismatch threshold). A face that passes although identify would
+        name another identity for it (at identify's threshold, below the conflict bar) goes to ``lookalikes``."""
         hits: list[list[Hit]] = [[] for _ in kept]
         refs: dict[int, Identity] = {}
         t_conflict = self._conflict_threshold(serving, identity.gallery_id)
+        t_warn = self._identify_threshold(serving, identity.gallery_id, None).threshold
         if screen.conflict:
             with self._stage("search"):
                 hits = serving.indexes.search(identity.gallery_id, x, 2)
@@ -559,6 +581,8 @@ class FaceService:
                 continue
             keep.append(i)
             own = np.vstack([own.reshape(-1, x.shape[1]), x[i : i + 1]])
+        if self.settings.possible_duplicate_warnings:
+            lookalikes += _lookalikes(identity.id, hits, refs, keep, own, x, t_warn)
         return keep
 
     def delete_face(self, gallery: str, identity_id: int, face_id: int) -> None:
@@ -813,6 +837,46 @@ def _conflict(filename: str, clash: Hit, other: Identity | None, threshold: floa
         other_identity=clash.identity_id,
         score=clash.score,
         threshold=threshold,
+    )
+
+
+def _lookalikes(
+    identity_id: int,
+    hits: list[list[Hit]],
+    refs: dict[int, Identity],
+    keep: list[int],
+    own: np.ndarray,
+    x: np.ndarray,
+    threshold: float,
+) -> list[Lookalike]:
+    """The kept faces (positions ``keep`` in ``x``) whose best other identity in ``hits`` scores at or above
+    ``threshold`` (identify's) and above every other face of their own identity (``own`` (M, D): its faces, this
+    request's kept ones last), so that a person enrolled with several photos is warned about only where a photo
+    looks more like someone else than like any of theirs."""
+    first = len(own) - len(keep)
+    out: list[Lookalike] = []
+    for n, i in enumerate(keep):
+        other = next((h for h in hits[i] if h.identity_id != identity_id), None)
+        if other is None or other.score < threshold:
+            continue
+        mine = np.delete(own, first + n, axis=0)
+        if len(mine) == 0 or other.score > float((mine @ x[i]).max()):
+            out.append(Lookalike(i, other, refs.get(other.identity_id), threshold))
+    return out
+
+
+def _possible_duplicate(filename: str, face_id: int, lookalike: Lookalike) -> schemas.EnrollWarning:
+    hit, other = lookalike.hit, lookalike.other
+    name = other.external_id if other is not None else str(hit.identity_id)
+    return schemas.EnrollWarning(
+        filename=filename,
+        face_id=face_id,
+        code="possible_duplicate",
+        message=f"accepted, but identify would name this face as identity {hit.identity_id} ({name}): score "
+        f"{hit.score:.3f} >= {lookalike.threshold:.3f}; if it is that person, delete face {face_id} (or this identity)",
+        other_identity=hit.identity_id,
+        score=hit.score,
+        threshold=lookalike.threshold,
     )
 
 

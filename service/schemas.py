@@ -152,10 +152,25 @@ class RejectedFile(BaseModel):
     threshold: float | None = Field(default=None, description="The threshold it was compared with.")
 
 
+class EnrollWarning(BaseModel):
+    filename: str
+    face_id: int = Field(description="The accepted face the warning is about (delete it if it is a duplicate).")
+    code: str = Field(description="possible_duplicate: identify would name another identity for this face.")
+    message: str
+    other_identity: int = Field(description="The identity the face looks like.")
+    score: float = Field(description="Its score, as identify scores it.")
+    threshold: float = Field(description="Identify's threshold for the gallery (below the identity_conflict bar).")
+
+
 class EnrollPublic(BaseModel):
     identity_id: int
     accepted: list[AcceptedFace]
     rejected: list[RejectedFile]
+    warnings: list[EnrollWarning] = Field(
+        default_factory=list,
+        description="Accepted faces that identify would match to another identity, below the identity_conflict "
+        "bar: possible duplicates for a person to review.",
+    )
 
 
 class IdentityRef(BaseModel):

@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         "faces in the gallery (near-certain duplicates of another identity's face; benchmarks/README.md, "
         "open_set.py, shows the trade-off with re-enrolments caught).",
     )
+    possible_duplicate_warnings: bool = Field(
+        default=True,
+        description="Enrolment accepts a face below the identity_conflict bar that identify would still name as "
+        "another identity with a possible_duplicate warning naming it (false: no warnings).",
+    )
     mismatch_far: float = Field(
         default=1e-2,
         gt=0,

@@ -6,9 +6,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from index.gallery import Hit
+from service.core import _lookalikes
 from service.settings import Settings
 from tests.conftest import ATT, admin_client, att_image, require_data
 
@@ -83,6 +86,36 @@ def test_conflict_names_the_other_identity_and_mismatch_guards_an_identity(clien
     assert r.status_code == 201 and len(r.json()["accepted"]) == 2
 
 
+def test_a_face_identify_would_name_as_someone_else_is_enrolled_with_a_warning(settings: Settings) -> None:
+    """possible_duplicate: a face below the conflict bar that identify would still match to another identity is
+    enrolled, with a warning naming that identity, identify's score and threshold, and the new face to delete if
+    it is a duplicate; a different person's face draws no warning."""
+    require_data(ATT)
+    with admin_client(settings.model_copy(update={"conflict_fpir": 1e-9})) as client:  # a bar far above identify's
+        a = _person(client, "a")
+        assert _enrol(client, a, _photo(1, 1)).status_code == 201
+        answer = _identify(client, 1, 2)
+        assert answer["match"] is not None and answer["match"]["identity"]["id"] == a
+        r = _enrol(client, _person(client, "b"), _photo(1, 2))
+        assert r.status_code == 201, r.text
+        [warning] = r.json()["warnings"]
+        assert warning["code"] == "possible_duplicate" and warning["other_identity"] == a
+        assert warning["face_id"] == r.json()["accepted"][0]["face_id"] and str(a) in warning["message"]
+        assert warning["score"] == pytest.approx(answer["match"]["score"], abs=1e-5)
+        assert warning["threshold"] == pytest.approx(answer["threshold"], abs=1e-6)
+        [event, *_] = client.get("/v1/admin/audit", params={"action": "enroll_faces"}).json()["items"]
+        assert event["target"]["possible_duplicates"] == {str(warning["face_id"]): a}  # kept for review
+        r = _enrol(client, _person(client, "c"), _photo(2, 1))
+        assert r.status_code == 201 and r.json()["warnings"] == []
+    with admin_client(settings) as client:  # at the default bar the same person is refused outright
+        r = _enrol(client, _person(client, "d"), _photo(1, 3))
+        assert r.status_code == 422 and r.json()["error"]["details"]["rejected"][0]["code"] == "identity_conflict"
+    quiet = settings.model_copy(update={"conflict_fpir": 1e-9, "possible_duplicate_warnings": False})
+    with admin_client(quiet) as client:
+        r = _enrol(client, _person(client, "e"), _photo(1, 4))
+        assert r.status_code == 201 and r.json()["warnings"] == []
+
+
 @pytest.mark.parametrize("identity_score", ["mean", "best"])
 def test_conflict_check_scores_people_as_identify_does(settings: Settings, identity_score: str) -> None:
     """identity_conflict scores the other identity as identify ranks it (FACEDB_IDENTITY_SCORE: the normalised mean
@@ -130,3 +163,16 @@ def test_concurrent_enrolments_of_one_face_cannot_both_pass(client: TestClient) 
         for t in threads:
             t.join()
         assert sorted(codes) == [201, 422, 422, 422], codes
+
+
+def test_a_person_enrolled_with_several_photos_is_warned_of_only_where_a_photo_looks_like_someone_else() -> None:
+    """`_lookalikes`: a photo whose best other identity reaches identify's threshold is a possible duplicate only if
+    that identity also beats every other face of the photo's own identity, this request's kept photos included."""
+    x = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])  # this request's three photos of identity 7
+    own = x.copy()  # identity 7 had no faces before; all three were kept
+    hits = [[Hit(3, 30, 0.9)], [Hit(7, 70, 0.95), Hit(3, 30, 0.75)], [Hit(3, 30, 0.85)]]
+    found = _lookalikes(7, hits, {}, [0, 1, 2], own, x, threshold=0.7)
+    # photo 0: its closest own photo scores 0.8 < 0.9; photo 1: 0.8 > 0.75; photo 2: 0.6 < 0.85
+    assert [(w.position, w.hit.identity_id, w.threshold) for w in found] == [(0, 3, 0.7), (2, 3, 0.7)]
+    assert _lookalikes(7, hits, {}, [0], own[:1], x, threshold=0.7)[0].position == 0  # alone: no own face to beat
+    assert _lookalikes(7, hits, {}, [0, 1, 2], own, x, threshold=0.95) == []  # below identify's threshold

@@ -67,10 +67,21 @@ class RejectedFile(TypedDict):
     threshold: float | None
 
 
+class EnrollWarning(TypedDict):
+    filename: str
+    face_id: int
+    code: str
+    message: str
+    other_identity: int
+    score: float
+    threshold: float
+
+
 class Enrollment(TypedDict):
     identity_id: int
     accepted: list[AcceptedFace]
     rejected: list[RejectedFile]
+    warnings: list[EnrollWarning]
 
 
 class IdentityRef(TypedDict):
