@@ -183,6 +183,13 @@ def db_current() -> None:
 # --- enrolment and search ----------------------------------------------------------------------------
 
 
+def enrol_summary(identities: int, accepted: int, reasons: Counter[str], warned: int) -> str:
+    """The last line of `facedb enroll`, local or over HTTP."""
+    summary = ", ".join(f"{code}: {n}" for code, n in reasons.most_common()) or "none"
+    line = f"{identities} identities, {accepted} faces accepted, {sum(reasons.values())} rejected ({summary})"
+    return line + (f"; {warned} accepted with a possible_duplicate warning" if warned else "")
+
+
 @app.command()
 def enroll(
     directory: Annotated[Path, typer.Argument(help="One sub-folder of images per identity.", file_okay=False)],
@@ -235,7 +242,7 @@ def enroll(
             )
         typer.echo(summary)
         return
-    accepted, reasons = 0, Counter[str]()
+    accepted, reasons, warned = 0, Counter[str](), 0
     with _runtime() as rt:
         service = rt.service
         if create_gallery and gallery not in {g.name for g in service.list_galleries().items}:
@@ -259,6 +266,9 @@ def enroll(
                         )
                         rejected = result.rejected
                         accepted += len(result.accepted)
+                        for w in result.warnings:
+                            tqdm.write(f"warning {person.name}/{w.filename}: {w.code}: {w.message}", file=sys.stderr)
+                        warned += len(result.warnings)
                         face_ids = [a.face_id for a in result.accepted]
                         _audit(rt.db, "enroll_faces", gallery=gallery, identity_id=identity.id, face_ids=face_ids)
                     except FacedbError as exc:
@@ -269,8 +279,7 @@ def enroll(
                         reasons[r.code] += 1
                         tqdm.write(f"rejected {person.name}/{r.filename}: {r.code}: {r.message}", file=sys.stderr)
                     bar.update(len(batch))
-    summary = ", ".join(f"{code}: {n}" for code, n in reasons.most_common()) or "none"
-    typer.echo(f"{len(jobs)} identities, {accepted} faces accepted, {sum(reasons.values())} rejected ({summary})")
+    typer.echo(enrol_summary(len(jobs), accepted, reasons, warned))
 
 
 @app.command()

@@ -10,9 +10,10 @@ from pathlib import Path
 import httpx
 from facedb_client import Client
 from facedb_client import FacedbError as ClientError
-from facedb_client.types import RejectedFile
+from facedb_client.types import EnrollWarning, RejectedFile
 from tqdm import tqdm
 
+from service.cli import enrol_summary
 from service.errors import FacedbError
 
 MAX_PER_REQUEST = 32
@@ -34,7 +35,7 @@ def enroll_over_http(
 
     An identity that exists already (same external_id) gets the new photos; each rejected photo is reported on
     stderr with its code. Errors that stop the whole run (no key, no server) are raised as FacedbError."""
-    accepted, reasons = 0, Counter[str]()
+    accepted, reasons, warned = 0, Counter[str](), 0
     total = sum(len(files) for _, files in jobs)
     try:
         with Client(url, key=key) as client:
@@ -44,7 +45,7 @@ def enroll_over_http(
                     identity = _identity(client, gallery, person.name)
                     for i in range(0, len(files), MAX_PER_REQUEST):
                         batch = list(files[i : i + MAX_PER_REQUEST])
-                        n_accepted, rejected = _enrol(
+                        n_accepted, rejected, warnings = _enrol(
                             client,
                             gallery,
                             identity,
@@ -58,13 +59,16 @@ def enroll_over_http(
                             reasons[r["code"]] += 1
                             line = f"rejected {person.name}/{r['filename']}: {r['code']}: {r['message']}"
                             tqdm.write(line, file=sys.stderr)
+                        for w in warnings:
+                            line = f"warning {person.name}/{w['filename']}: {w['code']}: {w['message']}"
+                            tqdm.write(line, file=sys.stderr)
+                        warned += len(warnings)
                         bar.update(len(batch))
     except ClientError as exc:
         raise FacedbError(exc.status, exc.code, f"{url}: {exc.message}") from None
     except httpx.TransportError as exc:
         raise FacedbError(503, "server_unreachable", f"{url}: {exc or type(exc).__name__}") from None
-    summary = ", ".join(f"{code}: {n}" for code, n in reasons.most_common()) or "none"
-    return f"{len(jobs)} identities, {accepted} faces accepted, {sum(reasons.values())} rejected ({summary})"
+    return enrol_summary(len(jobs), accepted, reasons, warned)
 
 
 def _ensure_gallery(client: Client, gallery: str, *, create: bool) -> None:
@@ -97,8 +101,8 @@ def _enrol(
     detect: bool,
     allow_conflict: bool,
     allow_mismatch: bool,
-) -> tuple[int, list[RejectedFile]]:
-    """(photos accepted, the rejected ones with their codes) of one enrolment request."""
+) -> tuple[int, list[RejectedFile], list[EnrollWarning]]:
+    """(photos accepted, the rejected ones with their codes, warnings) of one enrolment request."""
     try:
         result = client.enroll(
             gallery,
@@ -108,8 +112,8 @@ def _enrol(
             allow_conflict=allow_conflict,
             allow_mismatch=allow_mismatch,
         )
-        return len(result["accepted"]), result["rejected"]
+        return len(result["accepted"]), result["rejected"], result.get("warnings", [])
     except ClientError as exc:
         if exc.code != "no_face_enrolled":
             raise
-        return 0, list(exc.details.get("rejected", []))
+        return 0, list(exc.details.get("rejected", [])), []

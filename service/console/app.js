@@ -324,9 +324,13 @@ async function enrolFiles(files) {
     flash("No photo was accepted", "error");
   }
   const byName = new Map(files.map((f) => [f.name, f]));
+  const warnings = new Map((answer.warnings || []).map((w) => [w.face_id, w]));
   for (const a of answer.accepted) {
     const faces = a.face ? [{ box: a.face.box, label: `face ${a.face_id}`, ok: true }] : [];
-    results.append(card(await drawFaces(byName.get(a.filename), faces), [`${a.filename}: accepted as face ${a.face_id}`], "accepted"));
+    const lines = [`${a.filename}: accepted as face ${a.face_id}`];
+    const warning = warnings.get(a.face_id);
+    if (warning) lines.push(`${warning.code}: ${warning.message}`);
+    results.append(card(await drawFaces(byName.get(a.filename), faces), lines, warning ? "warned" : "accepted"));
   }
   for (const r of answer.rejected) {
     results.append(card(await drawFaces(byName.get(r.filename), []), [`${r.filename}: ${r.code}`, r.message], "rejected"));
