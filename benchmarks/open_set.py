@@ -518,13 +518,16 @@ def enrolment_run(
     mismatch_far: float,
     photos: int = 1,
     identity_score: str = "mean",
+    target_fpir: float = 1e-2,
 ) -> dict[str, Any]:
     """Enrol every person in data-set order, each with up to ``photos`` photos (one fewer where that leaves none to
     hold out), with the service's checks: a photo is refused as a conflict when another person scores (by the
     normalised mean of their faces, or their best face: ``identity_score``) at or above the 1:N conflict threshold
     for the faces enrolled so far, and as a mismatch when it scores below the 1:1 mismatch threshold against its own
-    person's faces. Then each person's next photo is enrolled under a new id: caught when the check names that
-    person. Also a stranger's photo added to a person: accepted when it passes."""
+    person's faces; one accepted below the conflict bar but at or above identify's threshold (``target_fpir`` for
+    the people enrolled so far) is warned of as a possible duplicate. Then each person's next photo is enrolled
+    under a new id: caught when the check names that person, named when a refusal or a warning does. Also a
+    stranger's photo added to a person: accepted when it passes."""
     people: dict[str, list[int]] = {}
     for i, (name, sp) in enumerate(zip(faces.identity, faces.split, strict=True)):
         if (split is None or sp == split) and faces.found[i]:
@@ -541,6 +544,9 @@ def enrolment_run(
     accepted = np.zeros(len(rows), dtype=bool)
     conflict = np.zeros(len(rows), dtype=bool)
     mismatch = np.zeros(len(rows), dtype=bool)
+    rival = np.full(len(rows), -2.0)  # the best other person's score for an accepted photo, and identify's bar
+    bar = np.ones(len(rows))
+    rival_of = np.full(len(rows), -1)
     t_mismatch = cal.threshold_at_far(mismatch_far)
     refusals = []
     means = PersonMeans.from_sums(np.zeros((len(people), x.shape[1])), faces.parts)
@@ -559,12 +565,19 @@ def enrolment_run(
                 mismatch[i] = True
                 continue
             accepted[i] = True
+            if other >= 0:
+                rival[i], rival_of[i] = score, other
+                bar[i] = _identify_bar(cal, means, prior, identity_score, target_fpir)
             means.add(int(lab[i]), x[i])
+    warned = _warned(x, lab, accepted, rival, bar)
+    warnings = [(str(faces.identity[rows[i]]), names[rival_of[i]], round(rival[i], 4)) for i in np.flatnonzero(warned)]
     enrolled = np.unique(lab[accepted])
     t_conflict = cal.threshold(int(accepted.sum()), conflict_fpir)
+    t_warn = _identify_bar(cal, means, accepted, identity_score, target_fpir)
     tried = [k for k in held if k in set(enrolled.tolist())]
     hits = search(x[accepted], lab[accepted], faces.x[[held[k] for k in tried]], 1, identity_score, faces.parts)
     caught = [h[0].identity_id == k and h[0].score >= t_conflict for k, h in zip(tried, hits, strict=True)]
+    named = [h[0].identity_id == k and h[0].score >= min(t_warn, t_conflict) for k, h in zip(tried, hits, strict=True)]
     wrong = [h[0].identity_id != k and h[0].score >= t_conflict for k, h in zip(tried, hits, strict=True)]
     firsts = np.array([rows[int(np.flatnonzero(lab == k)[0])] for k in enrolled])
     shuffled = np.random.default_rng(1).permutation(len(firsts))
@@ -581,14 +594,38 @@ def enrolment_run(
         "photos_refused_as_conflicts": int(conflict.sum()),
         "photos_refused_as_mismatch": int(mismatch.sum()),
         "refusals": refusals[:60],
+        "target_fpir": target_fpir,
+        "people_warned": len({int(lab[i]) for i in np.flatnonzero(warned)}),
+        "warning_rate": round(len({int(lab[i]) for i in np.flatnonzero(warned)}) / len(people), 5),
+        "warnings": warnings[:60],
         "conflict_threshold_at_end": round(t_conflict, 4),
         "reenrolled": len(tried),
         "reenrol_caught": round(float(np.mean(caught)), 4),
+        "reenrol_named": round(float(np.mean(named)), 4),
         "reenrol_named_someone_else": round(float(np.mean(wrong)), 4),
         "mismatch_far": mismatch_far,
         "mismatch_threshold": round(t_mismatch, 4),
         "stranger_added_accepted": round(float((impostor >= t_mismatch).mean()), 4),
     }
+
+
+def _warned(x: np.ndarray, labels: np.ndarray, accepted: np.ndarray, rival: np.ndarray, bar: np.ndarray) -> np.ndarray:
+    """Accepted photos (bool (n,)) the service warns of as possible duplicates: the best other person scores
+    ``rival`` >= identify's ``bar`` and above every other accepted photo of the photo's own person (all of a
+    person's photos go in one request)."""
+    out = np.zeros(len(labels), dtype=bool)
+    for i in np.flatnonzero(accepted & (rival >= bar)):
+        mine = np.flatnonzero(accepted & (labels == labels[i]))
+        mine = mine[mine != i]
+        out[i] = len(mine) == 0 or rival[i] > float((x[mine] @ x[i]).max())
+    return out
+
+
+def _identify_bar(cal: Any, people: PersonMeans, accepted: np.ndarray, identity_score: str, fpir: float) -> float:
+    """Identify's threshold at ``fpir`` for what a query is compared with: the people enrolled (scored by their mean)
+    or the faces accepted (``accepted`` (i,) bool) when people score by their best face."""
+    compared = int(people.enrolled.sum()) if identity_score == "mean" else int(accepted.sum())
+    return float(cal.threshold(compared, fpir))
 
 
 @dataclass
@@ -734,6 +771,7 @@ def print_view(view: str, result: dict[str, Any], seconds: float) -> None:
         print(
             f"  {key}: {e['people']} people, refused {e['people_refused_as_conflicts']} ({e['refusal_rate']:.4f}), "
             f"re-enrol caught {e['reenrol_caught']:.3f} (wrong {e['reenrol_named_someone_else']:.3f}); "
+            f"warned {e['people_warned']} ({e['warning_rate']:.4f}), re-enrol named {e['reenrol_named']:.3f}; "
             f"mismatch refusals {e['photos_refused_as_mismatch']}/{e['photos']} photos, "
             f"stranger accepted {e['stranger_added_accepted']:.3f}"
         )
@@ -782,7 +820,7 @@ def write_card(
             for k, v in enrolment_run(
                 faces, cal, split=None, conflict_fpir=conflict_fpir, mismatch_far=mismatch_far, photos=photos
             ).items()
-            if k != "refusals"
+            if k not in ("refusals", "warnings")
         }
         for photos in (1, 3)
     }
@@ -860,7 +898,8 @@ def http(
     """Enrol ``size`` people (each with their first ``photos_per_person`` photos that pass the quality gates, one
     request each, default settings; a person with several photos keeps their last one back), identify up to two
     later photos of each and one photo of ``strangers`` people not enrolled, then enrol ``reenrol`` of them again
-    under new ids with a later photo that passes the gates (caught: refused as a conflict naming them).
+    under new ids with a later photo that passes the gates (caught: refused as a conflict naming them; named: caught
+    or accepted with a possible_duplicate warning naming them).
 
     ``everyone``: enrol every person of the shared data (both splits), identify nobody, and enrol again everyone
     who has a later photo that passes the gates (the issue's "enrol every identity" measurement)."""
@@ -893,17 +932,19 @@ def http(
             refused: dict[str, int] = {}
             conflicts: list[dict[str, Any]] = []
             enrolled: dict[str, tuple[int, int]] = {}  # person -> (identity id, index of the last photo enrolled)
-            refused_people = 0
+            refused_people = warned_people = 0
             for name, photos in gallery:
                 ident = c.post("/identities", json={"external_id": name}).json()["id"]
                 codes: list[str] = []
                 accepted = 0
+                warned = False
                 limit = len(photos) if photos_per_person == 1 else max(len(photos) - 1, 1)
                 for k, photo in enumerate(photos[:limit]):  # the first photos that pass the quality gates
                     r = post_photo(f"/identities/{ident}/faces", photo)
                     if r.status_code == 201:
                         enrolled[name] = (ident, k)
                         accepted += 1
+                        warned |= bool(r.json()["warnings"])
                         if accepted == photos_per_person:
                             break
                         continue
@@ -916,6 +957,7 @@ def http(
                     if "identity_conflict" in codes:
                         break
                 refused_people += "identity_conflict" in codes
+                warned_people += warned
             mated: list[tuple[bool, float, bool]] = []  # (top is right, top score, matched right)
             stranger: list[tuple[float, bool]] = []  # (top score, matched anyone)
             last: dict[str, Any] = {}
@@ -933,7 +975,7 @@ def http(
                 body = post_photo("/identify", photos[0]).json()
                 top = body["candidates"][0] if body["candidates"] else None
                 stranger.append((top["score"] if top else -1.0, body["match"] is not None))
-            caught = tried = 0
+            caught = named = tried = 0
             for name, photos in gallery:
                 if tried == reenrol:
                     break
@@ -945,10 +987,10 @@ def http(
                     rejected = r.json()["error"]["details"]["rejected"] if r.status_code == 422 else []
                     if r.status_code == 201 or any(x["code"] == "identity_conflict" for x in rejected):
                         tried += 1
-                        caught += any(
-                            x["code"] == "identity_conflict" and x["other_identity"] == enrolled[name][0]
-                            for x in rejected
-                        )
+                        notes = rejected + (r.json()["warnings"] if r.status_code == 201 else [])
+                        hit = [x["other_identity"] == enrolled[name][0] for x in notes]
+                        caught += any(h and x["code"] == "identity_conflict" for h, x in zip(hit, notes, strict=True))
+                        named += any(hit)
                         break
     if everyone:
         return {
@@ -959,8 +1001,11 @@ def http(
             "people_refused_as_conflicts": refused_people,
             "refusal_rate_conflict": round(refused_people / len(gallery), 4),
             "conflicts": conflicts,
+            "people_warned": warned_people,
+            "warning_rate": round(warned_people / len(gallery), 4),
             "reenrolled": tried,
             "reenrol_caught": round(caught / max(tried, 1), 4),
+            "reenrol_named": round(named / max(tried, 1), 4),
         }
     s_scores = np.array([s for s, _ in stranger])
     outcome = Outcome(
@@ -989,8 +1034,11 @@ def http(
         "fnir_at_fpir": {
             f"{f:g}": round(fnir_at(outcome, threshold_at_far(s_scores, f)), 4) for f in FPIRS if f * len(s_scores) >= 1
         },
+        "people_warned": warned_people,
+        "warning_rate": round(warned_people / size, 4),
         "reenrolled": tried,
         "reenrol_caught": round(caught / max(tried, 1), 4),
+        "reenrol_named": round(named / max(tried, 1), 4),
     }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.open_set import PersonMeans, _best_other
+from benchmarks.open_set import PersonMeans, _best_other, _warned
 
 
 def _unit(*rows: list[float]) -> np.ndarray:
@@ -82,3 +82,20 @@ def test_person_means_kept_one_face_at_a_time_equal_means_of_the_sums() -> None:
         direct = PersonMeans.from_sums(sums, parts)
         np.testing.assert_allclose(kept.means, direct.means, atol=1e-12)
         np.testing.assert_array_equal(kept.enrolled, np.isin(np.arange(5), labels))
+
+
+def test_warned_photos_look_more_like_someone_else_than_like_their_own() -> None:
+    """`_warned` mirrors the service's possible_duplicate: the best other person reaches identify's bar and beats
+    every other accepted photo of the photo's own person; refused photos and lone photos follow the same rule."""
+    x = _unit([1, 0, 0], [1, 0.1, 0], [0, 1, 0], [0.8, 0.6, 0], [0, 0, 1])
+    labels = np.array([0, 1, 1, 2, 3])
+    accepted = np.array([True, True, True, True, False])
+    rival = np.array([-2.0, 0.99, 0.5, 0.8, 0.9])  # photo 1 is almost person 0's photo; 2's rival is below the bar
+    bar = np.full(5, 0.7)
+    warned = _warned(x, labels, accepted, rival, bar)
+    assert float(x[1] @ x[2]) < 0.99  # photo 1 looks more like person 0 than like person 1's other photo
+    assert warned.tolist() == [False, True, False, True, False]
+    # the same photo with a closer photo of its own person is not warned about
+    x2 = x.copy()
+    x2[2] = x[1]
+    assert not _warned(x2, labels, accepted, np.where(np.arange(5) == 1, 0.9, rival), bar)[1]
