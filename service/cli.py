@@ -269,8 +269,14 @@ def enroll(
                         for w in result.warnings:
                             tqdm.write(f"warning {person.name}/{w.filename}: {w.code}: {w.message}", file=sys.stderr)
                         warned += len(result.warnings)
-                        face_ids = [a.face_id for a in result.accepted]
-                        _audit(rt.db, "enroll_faces", gallery=gallery, identity_id=identity.id, face_ids=face_ids)
+                        _audit(
+                            rt.db,
+                            "enroll_faces",
+                            gallery=gallery,
+                            identity_id=identity.id,
+                            face_ids=[a.face_id for a in result.accepted],
+                            possible_duplicates={str(w.face_id): w.other_identity for w in result.warnings},
+                        )
                     except FacedbError as exc:
                         if exc.code != "no_face_enrolled":
                             raise

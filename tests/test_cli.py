@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ATT, REPO, image_bytes, require_data
+from tests.conftest import ATT, REPO, att_image, image_bytes, require_data
 
 
 def facedb(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -88,6 +88,21 @@ def test_cli_flow(cli_env: dict[str, str], tmp_path: Path) -> None:
 
     out = facedb("identify", str(people / "person2" / "1.png"), "--gallery", "nope", env=cli_env, check=False)
     assert "[gallery_not_found]" in out.stderr
+
+
+def test_enroll_prints_and_counts_possible_duplicate_warnings(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """One person filed under two folders, with the conflict bar raised out of reach: the second is enrolled with a
+    possible_duplicate warning naming the first, printed and counted."""
+    folders = tmp_path / "people"
+    for name, photo in (("first", 1), ("second", 2)):
+        (folders / name).mkdir(parents=True)
+        (folders / name / "1.pgm").write_bytes(att_image(1, photo).read_bytes())
+    env = cli_env | {"FACEDB_CONFLICT_FPIR": "1e-9"}
+    facedb("db", "upgrade", env=env)
+    out = facedb("enroll", str(folders), env=env)
+    assert "warning second/1.pgm: possible_duplicate" in out.stderr and "(first)" in out.stderr, out.stderr
+    summary = out.stdout.strip().splitlines()[-1]
+    assert summary == "2 identities, 2 faces accepted, 0 rejected (none); 1 accepted with a possible_duplicate warning"
 
 
 def test_readme_att_example_enrols_every_person_without_conflicts(cli_env: dict[str, str]) -> None:
