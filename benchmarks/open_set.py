@@ -583,6 +583,7 @@ def enrolment_run(
     shuffled = np.random.default_rng(1).permutation(len(firsts))
     impostor = np.einsum("ij,ij->i", faces.x[firsts], faces.x[firsts[shuffled]])[shuffled != np.arange(len(firsts))]
     person_refused = {int(lab[i]) for i in np.flatnonzero(conflict)}
+    person_warned = {int(lab[i]) for i in np.flatnonzero(warned)}
     return {
         "people": len(people),
         "photos_per_person": photos,
@@ -595,8 +596,8 @@ def enrolment_run(
         "photos_refused_as_mismatch": int(mismatch.sum()),
         "refusals": refusals[:60],
         "target_fpir": target_fpir,
-        "people_warned": len({int(lab[i]) for i in np.flatnonzero(warned)}),
-        "warning_rate": round(len({int(lab[i]) for i in np.flatnonzero(warned)}) / len(people), 5),
+        "people_warned": len(person_warned),
+        "warning_rate": round(len(person_warned) / len(people), 5),
         "warnings": warnings[:60],
         "conflict_threshold_at_end": round(t_conflict, 4),
         "reenrolled": len(tried),

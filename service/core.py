@@ -560,7 +560,6 @@ class FaceService:
         hits: list[list[Hit]] = [[] for _ in kept]
         refs: dict[int, Identity] = {}
         t_conflict = self._conflict_threshold(serving, identity.gallery_id)
-        t_warn = self._identify_threshold(serving, identity.gallery_id, None).threshold
         if screen.conflict:
             with self._stage("search"):
                 hits = serving.indexes.search(identity.gallery_id, x, 2)
@@ -582,6 +581,7 @@ class FaceService:
             keep.append(i)
             own = np.vstack([own.reshape(-1, x.shape[1]), x[i : i + 1]])
         if self.settings.possible_duplicate_warnings:
+            t_warn = self._identify_threshold(serving, identity.gallery_id, None).threshold
             lookalikes += _lookalikes(identity.id, hits, refs, keep, own, x, t_warn)
         return keep
 
