@@ -14,6 +14,8 @@ Stages (each a subcommand; the first is slow and cached, the others take seconds
   split only, with the evaluation split's table for the record (`write_card`).
 - ``http``: one gallery size (or, with ``--everyone``, every person) through a real server's HTTP API, enrolled
   and searched as a client would, the default model and a baseline each in a fresh server.
+- ``folders``: every identity of the shared data enrolled with ``facedb enroll DIR`` as the README enrols a folder
+  (each identity's photos in one request), each person's last photo kept back and then enrolled again under a new id.
 
 Splits (identity-disjoint; `split_of`): LFW people whose name hashes to 0 mod 3 form the *calibration* split,
 which alone chooses thresholds, score normalisation and the default embedder's settings; every other person
@@ -23,6 +25,7 @@ from. The model card says the same.
     python -m benchmarks.open_set embed [--workers 2]
     python -m benchmarks.open_set library --json open_set.json
     python -m benchmarks.open_set http --size 1000 --json open_set_http.json
+    python -m benchmarks.open_set folders --json open_set_folders.json
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ SAME_PERSON = {
     "lfw/Odai_Hussein": "lfw/Uday_Hussein",
     "lfw/Bill_Pryor": "lfw/William_Pryor_Jr",
     "lfw/Mireya_Elisa_Moscoso_Rodriguez": "lfw/Mireya_Moscoso",
+    "lfw/Wang_Nan": "lfw/Nan_Wang",
 }
 """LFW folders that hold one person under two names (transliterations, a married name, a nickname, a change of
 name, a full name), merged into one identity. Found among the top false matches of this benchmark and kept only where
@@ -516,18 +520,18 @@ def enrolment_run(
     split: str | None,
     conflict_fpir: float,
     mismatch_far: float,
-    photos: int = 1,
+    photos: int | None = 1,
     identity_score: str = "mean",
     target_fpir: float = 1e-2,
 ) -> dict[str, Any]:
-    """Enrol every person in data-set order, each with up to ``photos`` photos (one fewer where that leaves none to
-    hold out), with the service's checks: a photo is refused as a conflict when another person scores (by the
-    normalised mean of their faces, or their best face: ``identity_score``) at or above the 1:N conflict threshold
-    for the faces enrolled so far, and as a mismatch when it scores below the 1:1 mismatch threshold against its own
-    person's faces; one accepted below the conflict bar but at or above identify's threshold (``target_fpir`` for
-    the people enrolled so far) is warned of as a possible duplicate. Then each person's next photo is enrolled
-    under a new id: caught when the check names that person, named when a refusal or a warning does. Also a
-    stranger's photo added to a person: accepted when it passes."""
+    """Enrol every person in data-set order, each with up to ``photos`` photos (None: every photo; one fewer where
+    that leaves none to hold out), with the service's checks: a photo is refused as a conflict when another person
+    scores (by the normalised mean of their faces, or their best face: ``identity_score``) at or above the 1:N
+    conflict threshold for the faces enrolled so far, and as a mismatch when it scores below the 1:1 mismatch
+    threshold against its own person's faces; one accepted below the conflict bar but at or above identify's
+    threshold (``target_fpir`` for the people enrolled so far) is warned of as a possible duplicate. Then each
+    person's next photo is enrolled under a new id: caught when the check names that person, named when a refusal or
+    a warning does. Also a stranger's photo added to a person: accepted when it passes."""
     people: dict[str, list[int]] = {}
     for i, (name, sp) in enumerate(zip(faces.identity, faces.split, strict=True)):
         if (split is None or sp == split) and faces.found[i]:
@@ -535,7 +539,7 @@ def enrolment_run(
     names = list(people)
     rows, labels, held = [], [], {}
     for label, found in enumerate(people.values()):
-        m = min(photos, max(len(found) - 1, 1))
+        m = max(len(found) - 1, 1) if photos is None else min(photos, max(len(found) - 1, 1))
         rows += found[:m]
         labels += [label] * m
         if len(found) > m:
@@ -744,6 +748,9 @@ def library(
             "enrol_all_data_3_photos": enrolment_run(
                 faces, cal, split=None, conflict_fpir=conflict_fpir, mismatch_far=mismatch_far, photos=3
             ),
+            "enrol_all_data_every_photo": enrolment_run(
+                faces, cal, split=None, conflict_fpir=conflict_fpir, mismatch_far=mismatch_far, photos=None
+            ),
             "enrol_all_data_3_photos_best": enrolment_run(
                 faces,
                 cal,
@@ -767,7 +774,12 @@ def print_view(view: str, result: dict[str, Any], seconds: float) -> None:
         cal = " ".join(f"{k}:fpir {v['fpir']:.4f} fnir {v['fnir']:.3f}" for k, v in g["calibrated"].items())
         head = f"  {g['photos_per_person']}ph {g['identity_score']} N={g['identities']:5d} r1 {g['rank1']:.3f}"
         print(f"{head} | FNIR {fn} | calibrated {cal}")
-    for key in ("enrol_all_data", "enrol_all_data_3_photos", "enrol_all_data_3_photos_best"):
+    for key in (
+        "enrol_all_data",
+        "enrol_all_data_3_photos",
+        "enrol_all_data_every_photo",
+        "enrol_all_data_3_photos_best",
+    ):
         e = result[key]
         print(
             f"  {key}: {e['people']} people, refused {e['people_refused_as_conflicts']} ({e['refusal_rate']:.4f}), "
@@ -1043,6 +1055,135 @@ def http(
     }
 
 
+# --- folders: the shared data through `facedb enroll`, as the README enrols a folder ----------------------------
+
+
+@dataclass(frozen=True)
+class CliNote:
+    """One line that `facedb enroll` printed about a photo: ``folder/file: code: message`` and, for a conflict or a
+    warning, the other identity's external id (the folder it was enrolled from)."""
+
+    folder: str
+    code: str
+    other: str | None
+
+
+def parse_enrol_output(stderr: str) -> list[CliNote]:
+    """The ``rejected ...`` and ``warning ...`` lines of `facedb enroll` (`service.cli.enroll`)."""
+    notes = []
+    for line in stderr.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind not in ("rejected", "warning") or ": " not in rest:
+            continue
+        where, _, tail = rest.partition(": ")
+        code, _, message = tail.partition(": ")
+        other = None
+        if " identity " in message and "(" in message:
+            other = message.split(" identity ", 1)[1].split("(", 1)[1].split(")", 1)[0]
+        notes.append(CliNote(folder=where.rsplit("/", 1)[0], code=code, other=other))
+    return notes
+
+
+def _folder_trees(tmp: Path) -> tuple[Path, Path, dict[str, str]]:
+    """Two trees of links to the shared data, one folder per identity named ``<set>.<folder>``: every photo but each
+    person's last (sorted) one, and those last photos, each in a folder of its own (``<name>.again``). Also the
+    person each folder is (`SAME_PERSON` merges the LFW folders that hold one person under two names)."""
+    first, again = tmp / "first", tmp / "again"
+    person: dict[str, str] = {}
+    for ds in DATASETS:
+        if not ds.root.is_dir():
+            continue
+        photos: dict[str, list[Path]] = {}
+        for name, path in list_images(ds):
+            photos.setdefault(name, []).append(path)
+        for name, paths in photos.items():
+            folder = name.replace("/", ".")
+            person[folder] = SAME_PERSON.get(name, name)
+            keep = paths[:-1] if len(paths) > 1 else paths
+            (first / folder).mkdir(parents=True)
+            for path in keep:
+                (first / folder / path.name).symlink_to(path)
+            if len(paths) > 1:
+                (again / f"{folder}.again").mkdir(parents=True)
+                (again / f"{folder}.again" / paths[-1].name).symlink_to(paths[-1])
+    return first, again, person
+
+
+def folders() -> dict[str, Any]:
+    """Every identity of the shared data enrolled with ``facedb enroll DIR`` (local mode, a fresh SQLite, default
+    settings and model): each identity's photos in one request, as the README enrols AT&T, each person's last photo
+    kept back; then those photos enrolled with ``facedb enroll`` again, each under a new id (`score_folders`)."""
+    import subprocess  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="facedb-folders-") as tmp_s:
+        tmp = Path(tmp_s)
+        first, again, person = _folder_trees(tmp)
+        again_folders = sorted(f.name for f in again.iterdir()) if again.exists() else []
+        env = os.environ | {
+            "FACEDB_DATA_DIR": str(tmp / "data"),
+            "FACEDB_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
+        }
+        subprocess.run([sys.executable, "-m", "service", "db", "upgrade"], env=env, check=True, capture_output=True)
+        runs: dict[str, dict[str, Any]] = {}
+        for key, tree in (("first", first), ("again", again)):
+            started = time.perf_counter()
+            command = [sys.executable, "-m", "service", "enroll", str(tree)]
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"facedb enroll {tree} failed ({done.returncode}): {done.stderr[-2000:]}")
+            runs[key] = {
+                "notes": parse_enrol_output(done.stderr),
+                "summary": done.stdout.strip(),
+                "seconds": round(time.perf_counter() - started),
+            }
+    scores = score_folders(runs["first"]["notes"], runs["again"]["notes"], person, again_folders)
+    times = {f"{key}_{part}": run[part] for key, run in runs.items() for part in ("summary", "seconds")}
+    return scores | times
+
+
+def score_folders(
+    first: Sequence[CliNote], again: Sequence[CliNote], person: dict[str, str], again_folders: Sequence[str]
+) -> dict[str, Any]:
+    """The figures of a `folders` run from what `facedb enroll` printed: the first enrolment's ``first`` notes and
+    the re-enrolment's ``again`` notes (folders ``<folder>.again``, each one photo), ``person``: the person each
+    first-run folder is. A conflict is a mistake when it names someone else (not the same person filed under another
+    name); a re-enrolment whose photo passed the quality gates is caught when refused as a conflict naming its
+    person, named when a refusal or a possible_duplicate warning names them."""
+    codes: dict[str, int] = {}
+    for n in first:
+        if n.code != "possible_duplicate":
+            codes[n.code] = codes.get(n.code, 0) + 1
+    conflicts = [n for n in first if n.code == "identity_conflict"]
+    wrong_pairs = sorted({(n.folder, n.other) for n in conflicts if person.get(n.other or "") != person[n.folder]})
+    wrong = {folder for folder, _ in wrong_pairs}
+    warned = {n.folder for n in first if n.code == "possible_duplicate"}
+    gated = {n.folder for n in again if n.code not in ("identity_conflict", "possible_duplicate")}
+    tried = [f for f in again_folders if f not in gated]
+    by_folder: dict[str, list[CliNote]] = {}
+    for n in again:
+        by_folder.setdefault(n.folder, []).append(n)
+
+    def names_own(n: CliNote, folder: str) -> bool:
+        return n.other is not None and person.get(n.other) == person[folder.removesuffix(".again")]
+
+    caught = [f for f in tried if any(n.code == "identity_conflict" and names_own(n, f) for n in by_folder.get(f, []))]
+    named = [f for f in tried if any(names_own(n, f) for n in by_folder.get(f, []))]
+    return {
+        "identities": len(person),
+        "people": len(set(person.values())),
+        "rejected": codes,
+        "identities_with_a_conflict_naming_someone_else": len(wrong),
+        "wrong_conflict_rate": round(len(wrong) / max(len(person), 1), 5),
+        "wrong_conflicts": wrong_pairs,
+        "identities_with_a_conflict_naming_themselves": sorted({n.folder for n in conflicts} - wrong),
+        "identities_warned": len(warned),
+        "warning_rate": round(len(warned) / max(len(person), 1), 5),
+        "reenrolled": len(tried),
+        "reenrol_caught": round(len(caught) / max(len(tried), 1), 4),
+        "reenrol_named": round(len(named) / max(len(tried), 1), 4),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1074,6 +1215,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument(
         "--photos", type=int, default=1, help="photos enrolled per person (a person with several keeps one back)"
     )
+    p.add_argument("--json", type=Path)
+    p = sub.add_parser("folders", help="every identity of the shared data through `facedb enroll`, then again")
     p.add_argument("--json", type=Path)
     p = sub.add_parser("calibrate", help="write a model's thresholds and 1:N calibration into its card")
     p.add_argument("model", type=Path)
@@ -1109,6 +1252,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(json.dumps({key: str(model or "default"), **shown}, indent=1))
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
+    elif args.command == "folders":
+        result = folders()
+        print(json.dumps({k: v for k, v in result.items() if k != "wrong_conflicts"}, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
     elif args.command == "calibrate":
         card = write_card(
             args.model,

@@ -6,7 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.open_set import PersonMeans, _best_other, _warned
+from benchmarks.open_set import CliNote, PersonMeans, _best_other, _warned, parse_enrol_output, score_folders
+from index.gallery import Hit
+from service.core import Lookalike, _conflict, _mismatch, _possible_duplicate
+from service.db.models import Identity
 
 
 def _unit(*rows: list[float]) -> np.ndarray:
@@ -99,3 +102,57 @@ def test_warned_photos_look_more_like_someone_else_than_like_their_own() -> None
     x2 = x.copy()
     x2[2] = x[1]
     assert not _warned(x2, labels, accepted, np.where(np.arange(5) == 1, 0.9, rival), bar)[1]
+
+
+def test_the_folders_run_reads_what_facedb_enroll_prints() -> None:
+    """`parse_enrol_output` reads the lines `facedb enroll` prints, built here from the service's own messages, and
+    takes the other identity's external id (the folder it came from) from a conflict or a warning."""
+    other = Identity(id=12, external_id="lfw.Jane_Doe")
+    own = Identity(id=40, external_id="lfw.John_Roe.again")
+    conflict = _conflict("John_Roe_0003.jpg", Hit(12, 120, 0.91), other, 0.8)
+    warning = _possible_duplicate("b.jpg", 77, Lookalike(0, Hit(12, 121, 0.74), other, 0.7))
+    mismatch = _mismatch("c.jpg", own, 0.2, 0.5)
+    lines = [
+        "enrolling into default:  50%|#####     | 1/2",
+        f"rejected lfw.John_Roe.again/{conflict.filename}: {conflict.code}: {conflict.message}",
+        f"warning celeba.7201/{warning.filename}: {warning.code}: {warning.message}",
+        f"rejected att.s1/{mismatch.filename}: {mismatch.code}: {mismatch.message}",
+        "rejected att.s2/9.pgm: extreme_pose: the face is turned too far from the camera (yaw 61 degrees)",
+    ]
+    assert parse_enrol_output("\n".join(lines)) == [
+        CliNote("lfw.John_Roe.again", "identity_conflict", "lfw.Jane_Doe"),
+        CliNote("celeba.7201", "possible_duplicate", "lfw.Jane_Doe"),
+        CliNote("att.s1", "face_mismatch", "lfw.John_Roe.again"),
+        CliNote("att.s2", "extreme_pose", None),
+    ]
+
+
+def test_the_folders_run_counts_mistaken_conflicts_and_re_enrolments_caught() -> None:
+    """`score_folders`: a conflict with the same person filed under another name is no mistake; a re-enrolment
+    whose photo failed the quality gates is not counted; caught needs a refusal naming the person, named a refusal
+    or a warning."""
+    person = {"lfw.A": "lfw/A", "lfw.A2": "lfw/A", "lfw.B": "lfw/B", "lfw.C": "lfw/C", "att.s1": "att/s1"}
+    first = [
+        CliNote("lfw.A2", "identity_conflict", "lfw.A"),  # one person under two names: right to refuse
+        CliNote("lfw.C", "identity_conflict", "lfw.B"),  # a mistake
+        CliNote("lfw.C", "identity_conflict", "lfw.B"),
+        CliNote("att.s1", "possible_duplicate", "lfw.B"),
+        CliNote("att.s1", "too_dark", None),
+    ]
+    again = [
+        CliNote("lfw.A.again", "identity_conflict", "lfw.A2"),  # caught: A2 is A
+        CliNote("lfw.B.again", "possible_duplicate", "lfw.B"),  # named only
+        CliNote("lfw.C.again", "identity_conflict", "lfw.B"),  # names someone else
+        CliNote("att.s1.again", "multiple_faces", None),  # gated: not tried
+    ]
+    folders = ["att.s1.again", "lfw.A.again", "lfw.B.again", "lfw.C.again"]
+    out = score_folders(first, again, person, folders)
+    assert out["identities"] == 5 and out["people"] == 4
+    assert out["rejected"] == {"identity_conflict": 3, "too_dark": 1}
+    assert out["wrong_conflicts"] == [("lfw.C", "lfw.B")]
+    assert out["identities_with_a_conflict_naming_someone_else"] == 1
+    assert out["identities_with_a_conflict_naming_themselves"] == ["lfw.A2"]
+    assert out["identities_warned"] == 1
+    assert out["reenrolled"] == 3
+    assert out["reenrol_caught"] == round(1 / 3, 4)
+    assert out["reenrol_named"] == round(2 / 3, 4)
