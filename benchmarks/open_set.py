@@ -31,6 +31,7 @@ from. The model card says the same.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -1084,12 +1085,24 @@ def parse_enrol_output(stderr: str) -> list[CliNote]:
     return notes
 
 
-def _folder_trees(tmp: Path) -> tuple[Path, Path, dict[str, str]]:
-    """Two trees of links to the shared data, one folder per identity named ``<set>.<folder>``: every photo but each
-    person's last (sorted) one, and those last photos, each in a folder of its own (``<name>.again``). Also the
-    person each folder is (`SAME_PERSON` merges the LFW folders that hold one person under two names)."""
-    first, again = tmp / "first", tmp / "again"
-    person: dict[str, str] = {}
+@dataclass(frozen=True)
+class FolderTrees:
+    """Two trees of links to the shared data, one folder per identity named ``<set>.<folder>``: ``first`` holds every
+    photo but each person's last (sorted) one, ``again`` those last photos, each in a folder of its own
+    (``<folder>.again``); ``person``: the person each first folder is (`SAME_PERSON` merges the LFW folders that hold
+    one person under two names); ``photos``: how many photos each first folder holds; ``held``: the first folders
+    whose last photo is held back (those with two or more)."""
+
+    first: Path
+    again: Path
+    person: dict[str, str]
+    photos: dict[str, int]
+    held: set[str]
+
+
+def folder_trees(tmp: Path) -> FolderTrees:
+    """Lay out `FolderTrees` under ``tmp``."""
+    trees = FolderTrees(tmp / "first", tmp / "again", {}, {}, set())
     for ds in DATASETS:
         if not ds.root.is_dir():
             continue
@@ -1098,15 +1111,17 @@ def _folder_trees(tmp: Path) -> tuple[Path, Path, dict[str, str]]:
             photos.setdefault(name, []).append(path)
         for name, paths in photos.items():
             folder = name.replace("/", ".")
-            person[folder] = SAME_PERSON.get(name, name)
+            trees.person[folder] = SAME_PERSON.get(name, name)
             keep = paths[:-1] if len(paths) > 1 else paths
-            (first / folder).mkdir(parents=True)
+            trees.photos[folder] = len(keep)
+            (trees.first / folder).mkdir(parents=True)
             for path in keep:
-                (first / folder / path.name).symlink_to(path)
+                (trees.first / folder / path.name).symlink_to(path)
             if len(paths) > 1:
-                (again / f"{folder}.again").mkdir(parents=True)
-                (again / f"{folder}.again" / paths[-1].name).symlink_to(paths[-1])
-    return first, again, person
+                trees.held.add(folder)
+                (trees.again / f"{folder}.again").mkdir(parents=True)
+                (trees.again / f"{folder}.again" / paths[-1].name).symlink_to(paths[-1])
+    return trees
 
 
 def folders() -> dict[str, Any]:
@@ -1117,15 +1132,14 @@ def folders() -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="facedb-folders-") as tmp_s:
         tmp = Path(tmp_s)
-        first, again, person = _folder_trees(tmp)
-        again_folders = sorted(f.name for f in again.iterdir()) if again.exists() else []
+        trees = folder_trees(tmp)
         env = os.environ | {
             "FACEDB_DATA_DIR": str(tmp / "data"),
             "FACEDB_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
         }
         subprocess.run([sys.executable, "-m", "service", "db", "upgrade"], env=env, check=True, capture_output=True)
         runs: dict[str, dict[str, Any]] = {}
-        for key, tree in (("first", first), ("again", again)):
+        for key, tree in (("first", trees.first), ("again", trees.again)):
             started = time.perf_counter()
             command = [sys.executable, "-m", "service", "enroll", str(tree)]
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -1136,29 +1150,33 @@ def folders() -> dict[str, Any]:
                 "summary": done.stdout.strip(),
                 "seconds": round(time.perf_counter() - started),
             }
-    scores = score_folders(runs["first"]["notes"], runs["again"]["notes"], person, again_folders)
-    times = {f"{key}_{part}": run[part] for key, run in runs.items() for part in ("summary", "seconds")}
-    return scores | times
+    scores = score_folders(runs["first"]["notes"], runs["again"]["notes"], trees)
+    printed = {f"{key}_{part}": run[part] for key, run in runs.items() for part in ("summary", "seconds")}
+    notes = {f"{key}_notes": [dataclasses.astuple(n) for n in run["notes"]] for key, run in runs.items()}
+    return scores | printed | notes
 
 
-def score_folders(
-    first: Sequence[CliNote], again: Sequence[CliNote], person: dict[str, str], again_folders: Sequence[str]
-) -> dict[str, Any]:
+def score_folders(first: Sequence[CliNote], again: Sequence[CliNote], trees: FolderTrees) -> dict[str, Any]:
     """The figures of a `folders` run from what `facedb enroll` printed: the first enrolment's ``first`` notes and
-    the re-enrolment's ``again`` notes (folders ``<folder>.again``, each one photo), ``person``: the person each
-    first-run folder is. A conflict is a mistake when it names someone else (not the same person filed under another
-    name); a re-enrolment whose photo passed the quality gates is caught when refused as a conflict naming its
-    person, named when a refusal or a possible_duplicate warning names them."""
+    the re-enrolment's ``again`` notes, for the people of ``trees``. A conflict is a mistake when it names someone
+    else (not the same person filed under another name). A person is enrolled again (folder
+    ``<folder>.again``, one photo) when a face of theirs was accepted the first time and the photo passes the
+    quality gates; caught when it is refused as a conflict naming them, named when a refusal or a possible_duplicate
+    warning does."""
     codes: dict[str, int] = {}
+    refused: dict[str, int] = {}
     for n in first:
         if n.code != "possible_duplicate":
             codes[n.code] = codes.get(n.code, 0) + 1
+            refused[n.folder] = refused.get(n.folder, 0) + 1
+    person = trees.person
+    enrolled = {f for f, n in trees.photos.items() if n > refused.get(f, 0)}
     conflicts = [n for n in first if n.code == "identity_conflict"]
     wrong_pairs = sorted({(n.folder, n.other) for n in conflicts if person.get(n.other or "") != person[n.folder]})
     wrong = {folder for folder, _ in wrong_pairs}
     warned = {n.folder for n in first if n.code == "possible_duplicate"}
     gated = {n.folder for n in again if n.code not in ("identity_conflict", "possible_duplicate")}
-    tried = [f for f in again_folders if f not in gated]
+    tried = [f"{f}.again" for f in sorted(enrolled & trees.held) if f"{f}.again" not in gated]
     by_folder: dict[str, list[CliNote]] = {}
     for n in again:
         by_folder.setdefault(n.folder, []).append(n)
@@ -1171,6 +1189,7 @@ def score_folders(
     return {
         "identities": len(person),
         "people": len(set(person.values())),
+        "identities_enrolled": len(enrolled),
         "rejected": codes,
         "identities_with_a_conflict_naming_someone_else": len(wrong),
         "wrong_conflict_rate": round(len(wrong) / max(len(person), 1), 5),
@@ -1254,7 +1273,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.json.write_text(json.dumps(results, indent=1))
     elif args.command == "folders":
         result = folders()
-        print(json.dumps({k: v for k, v in result.items() if k != "wrong_conflicts"}, indent=1))
+        print(json.dumps({k: v for k, v in result.items() if not k.endswith(("_notes", "_conflicts"))}, indent=1))
         if args.json:
             args.json.write_text(json.dumps(result, indent=1))
     elif args.command == "calibrate":

@@ -3,10 +3,20 @@ mean of their accepted faces, or their best face), never the person being enroll
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from benchmarks.open_set import CliNote, PersonMeans, _best_other, _warned, parse_enrol_output, score_folders
+from benchmarks.open_set import (
+    CliNote,
+    FolderTrees,
+    PersonMeans,
+    _best_other,
+    _warned,
+    parse_enrol_output,
+    score_folders,
+)
 from index.gallery import Hit
 from service.core import Lookalike, _conflict, _mismatch, _possible_duplicate
 from service.db.models import Identity
@@ -131,13 +141,23 @@ def test_the_folders_run_counts_mistaken_conflicts_and_re_enrolments_caught() ->
     """`score_folders`: a conflict with the same person filed under another name is no mistake; a re-enrolment
     whose photo failed the quality gates is not counted; caught needs a refusal naming the person, named a refusal
     or a warning."""
-    person = {"lfw.A": "lfw/A", "lfw.A2": "lfw/A", "lfw.B": "lfw/B", "lfw.C": "lfw/C", "att.s1": "att/s1"}
+    person = {
+        "lfw.A": "lfw/A",
+        "lfw.A2": "lfw/A",
+        "lfw.B": "lfw/B",
+        "lfw.C": "lfw/C",
+        "att.s1": "att/s1",
+        "lfw.D": "lfw/D",
+    }
+    photos = {"lfw.A": 1, "lfw.A2": 1, "lfw.B": 2, "lfw.C": 3, "att.s1": 9, "lfw.D": 1}
+    trees = FolderTrees(Path("first"), Path("again"), person, photos, {"lfw.A", "lfw.B", "lfw.C", "att.s1", "lfw.D"})
     first = [
         CliNote("lfw.A2", "identity_conflict", "lfw.A"),  # one person under two names: right to refuse
         CliNote("lfw.C", "identity_conflict", "lfw.B"),  # a mistake
         CliNote("lfw.C", "identity_conflict", "lfw.B"),
         CliNote("att.s1", "possible_duplicate", "lfw.B"),
         CliNote("att.s1", "too_dark", None),
+        CliNote("lfw.D", "no_face", None),  # D's only photo enrolled failed: D cannot be caught again
     ]
     again = [
         CliNote("lfw.A.again", "identity_conflict", "lfw.A2"),  # caught: A2 is A
@@ -145,10 +165,10 @@ def test_the_folders_run_counts_mistaken_conflicts_and_re_enrolments_caught() ->
         CliNote("lfw.C.again", "identity_conflict", "lfw.B"),  # names someone else
         CliNote("att.s1.again", "multiple_faces", None),  # gated: not tried
     ]
-    folders = ["att.s1.again", "lfw.A.again", "lfw.B.again", "lfw.C.again"]
-    out = score_folders(first, again, person, folders)
-    assert out["identities"] == 5 and out["people"] == 4
-    assert out["rejected"] == {"identity_conflict": 3, "too_dark": 1}
+    out = score_folders(first, again, trees)
+    assert out["identities"] == 6 and out["people"] == 5
+    assert out["identities_enrolled"] == 4  # A2's one photo was refused, and D's
+    assert out["rejected"] == {"identity_conflict": 3, "too_dark": 1, "no_face": 1}
     assert out["wrong_conflicts"] == [("lfw.C", "lfw.B")]
     assert out["identities_with_a_conflict_naming_someone_else"] == 1
     assert out["identities_with_a_conflict_naming_themselves"] == ["lfw.A2"]
