@@ -1061,8 +1061,9 @@ def http(
 
 @dataclass(frozen=True)
 class CliNote:
-    """One line that `facedb enroll` printed about a photo: ``folder/file: code: message`` and, for a conflict or a
-    warning, the other identity's external id (the folder it was enrolled from)."""
+    """One line that `facedb enroll` printed about a photo (``folder/file: code: message``): its folder, its code and
+    the external id of the identity its message names (a conflict's or a warning's other identity, a mismatch's
+    own: the folder it was enrolled from), or None."""
 
     folder: str
     code: str

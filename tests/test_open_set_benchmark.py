@@ -1,5 +1,6 @@
-"""benchmarks.open_set's enrolment model: the conflict check scores other people as the service does (the normalised
-mean of their accepted faces, or their best face), never the person being enrolled."""
+"""benchmarks.open_set's enrolment model (the conflict check scores other people as the service does: the normalised
+mean of their accepted faces, or their best face, never the person being enrolled) and its reading of what
+`facedb enroll` prints (`folders`)."""
 
 from __future__ import annotations
 
