@@ -30,11 +30,9 @@ from typing import Any
 
 import httpx
 
-from benchmarks.identify_latency import DATA_ROOT, machine_info, running_server, server_headers
+from benchmarks.identify_latency import DATA_ROOT, fresh_database, machine_info, running_server, server_headers
 from benchmarks.nofaces import backgrounds, png, scenes
 from embedding.embedder import default_model_path
-from service.db import migrate
-from service.db.engine import Database
 
 G = "/v1/galleries/default"
 
@@ -72,15 +70,7 @@ def run(
     info = machine_info()
     with tempfile.TemporaryDirectory(prefix="facedb-celeba-") as tmp_s:
         tmp = Path(tmp_s)
-        env = {
-            "FACEDB_DATA_DIR": str(tmp / "data"),
-            "FACEDB_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
-            "FACEDB_MODEL_PATH": str(model),
-            "FACEDB_DETECTOR": detector,
-        }
-        db = Database(env["FACEDB_DATABASE_URL"])
-        migrate.upgrade(db.engine)
-        db.dispose()
+        env = fresh_database(tmp) | {"FACEDB_MODEL_PATH": str(model), "FACEDB_DETECTOR": detector}
         with (
             running_server(os.environ | env, tmp / "server.log", 120) as (url, _),
             httpx.Client(base_url=url + G, timeout=60, trust_env=False, headers=server_headers(env)) as c,

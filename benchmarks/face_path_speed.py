@@ -37,9 +37,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.identify_latency import DATA_ROOT, REPO, machine_info, running_server, server_headers
-from service.db import migrate
-from service.db.engine import Database
+from benchmarks.identify_latency import DATA_ROOT, REPO, fresh_database, machine_info, running_server, server_headers
 
 G = "/v1/galleries/default"
 _DLIB_ARGS = ("--limit", "0", "--json")
@@ -182,10 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (frame_dir / f"frame{i:03d}.jpg").write_bytes(data)
         for path in probes:
             (probe_dir / path.name).write_bytes(path.read_bytes())
-        env = {"FACEDB_DATA_DIR": str(tmp / "data"), "FACEDB_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}"}
-        db = Database(env["FACEDB_DATABASE_URL"])
-        migrate.upgrade(db.engine)
-        db.dispose()
+        env = fresh_database(tmp)
         with running_server(os.environ | env, tmp / "server.log", 300) as (url, _):
             headers = server_headers(env)
             with httpx.Client(base_url=url + G, timeout=60, trust_env=False, headers=headers) as c:

@@ -324,6 +324,19 @@ def _tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:]
 
 
+def fresh_database(tmp: Path) -> dict[str, str]:
+    """A new SQLite database under ``tmp``, migrated, and the ``FACEDB_`` settings that point a server or the CLI at
+    it (its data folder beside it)."""
+    from service.db import migrate  # noqa: PLC0415
+    from service.db.engine import Database  # noqa: PLC0415
+
+    env = {"FACEDB_DATA_DIR": str(tmp / "data"), "FACEDB_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}"}
+    db = Database(env["FACEDB_DATABASE_URL"])
+    migrate.upgrade(db.engine)
+    db.dispose()
+    return env
+
+
 def server_headers(env: dict[str, str]) -> dict[str, str]:
     """The admin key a server started with ``env`` wrote on its first start, as request headers (the benchmarks
     measure the API as clients use it: authenticated)."""

@@ -540,7 +540,8 @@ def enrolment_run(
     names = list(people)
     rows, labels, held = [], [], {}
     for label, found in enumerate(people.values()):
-        m = max(len(found) - 1, 1) if photos is None else min(photos, max(len(found) - 1, 1))
+        most = max(len(found) - 1, 1)  # one photo kept back where there are two or more
+        m = most if photos is None else min(photos, most)
         rows += found[:m]
         labels += [label] * m
         if len(found) > m:
@@ -919,21 +920,16 @@ def http(
     who has a later photo that passes the gates (the issue's "enrol every identity" measurement)."""
     import httpx  # noqa: PLC0415
 
-    from benchmarks.identify_latency import running_server, server_headers  # noqa: PLC0415
-    from service.db import migrate  # noqa: PLC0415
-    from service.db.engine import Database  # noqa: PLC0415
+    from benchmarks.identify_latency import fresh_database, running_server, server_headers  # noqa: PLC0415
 
     people = _people(seed, None if everyone else "evaluation")
     gallery, outsiders = (people, []) if everyone else (people[:size], people[size : size + strangers])
     probes, reenrol = (0, len(people)) if everyone else (2, reenrol)
     with tempfile.TemporaryDirectory(prefix="facedb-open-set-") as tmp_s:
         tmp = Path(tmp_s)
-        env = {"FACEDB_DATA_DIR": str(tmp / "data"), "FACEDB_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}"}
+        env = fresh_database(tmp)
         if model is not None:
             env["FACEDB_MODEL_PATH"] = str(model)
-        db = Database(env["FACEDB_DATABASE_URL"])
-        migrate.upgrade(db.engine)
-        db.dispose()
         base = "/v1/galleries/default"
         with (
             running_server(os.environ | env, tmp / "server.log", 180) as (url, _),
@@ -1131,14 +1127,12 @@ def folders() -> dict[str, Any]:
     kept back; then those photos enrolled with ``facedb enroll`` again, each under a new id (`score_folders`)."""
     import subprocess  # noqa: PLC0415
 
+    from benchmarks.identify_latency import fresh_database  # noqa: PLC0415
+
     with tempfile.TemporaryDirectory(prefix="facedb-folders-") as tmp_s:
         tmp = Path(tmp_s)
         trees = folder_trees(tmp)
-        env = os.environ | {
-            "FACEDB_DATA_DIR": str(tmp / "data"),
-            "FACEDB_DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
-        }
-        subprocess.run([sys.executable, "-m", "service", "db", "upgrade"], env=env, check=True, capture_output=True)
+        env = os.environ | fresh_database(tmp)
         runs: dict[str, dict[str, Any]] = {}
         for key, tree in (("first", trees.first), ("again", trees.again)):
             started = time.perf_counter()
