@@ -1,6 +1,6 @@
 """benchmarks.open_set's enrolment model (the conflict check scores other people as the service does: the normalised
 mean of their accepted faces, or their best face, never the person being enrolled) and its reading of what
-`facedb enroll` prints (`folders`)."""
+`facedb enroll` prints (`folders`); the score changes of `open_set_ablations`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from benchmarks.open_set import (
     parse_enrol_output,
     score_folders,
 )
+from benchmarks.open_set_ablations import Scatter, grey, person_scores, projection
 from index.gallery import Hit
 from service.core import Lookalike, _conflict, _mismatch, _possible_duplicate
 from service.db.models import Identity
@@ -177,3 +178,41 @@ def test_the_folders_run_counts_mistaken_conflicts_and_re_enrolments_caught() ->
     assert out["reenrolled"] == 3
     assert out["reenrol_caught"] == round(1 / 3, 4)
     assert out["reenrol_named"] == round(2 / 3, 4)
+
+
+def test_wccn_whitens_the_training_within_class_covariance_and_lda_keeps_the_separating_direction() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 4)) * np.array([3.0, 0.1, 0.1, 0.1])  # people differ along the first axis only
+    labels = np.repeat(np.arange(40), 5)
+    x = centres[labels] + rng.normal(size=(200, 4)) * np.array([0.1, 1.0, 2.0, 0.5])
+    scatter = Scatter.of(x, labels)
+    w = projection(scatter, "wccn", shrink=0.0)
+    assert np.allclose(w.T @ scatter.within @ w, np.eye(4), atol=1e-6)
+    lda = projection(scatter, "lda", shrink=0.0, dims=1)
+    assert lda.shape == (4, 1) and abs(lda[0, 0]) / np.linalg.norm(lda) > 0.99
+
+
+def test_person_scores_rules_agree_with_their_definitions() -> None:
+    x = _unit([1, 0, 0], [0.6, 0.8, 0], [0, 0, 1], [0, 1, 1]).astype(np.float32)
+    bounds = np.array([0, 2, 4])  # person 0: rows 0-1, person 1: rows 2-3
+    q = _unit([1, 1, 0], [0, 0, 1]).astype(np.float32)
+    cos = q @ x.T
+    assert np.allclose(person_scores(q, x, bounds, "best"), np.stack([cos[:, :2].max(1), cos[:, 2:].max(1)], 1))
+    assert np.allclose(person_scores(q, x, bounds, "avgcos"), np.stack([cos[:, :2].mean(1), cos[:, 2:].mean(1)], 1))
+    assert np.allclose(person_scores(q, x, bounds, "top1"), person_scores(q, x, bounds, "best"))
+    assert np.allclose(person_scores(q, x, bounds, "top9"), person_scores(q, x, bounds, "avgcos"))
+    mean = person_scores(q, x, bounds, "mean")
+    expected = (x[0] + x[1]) / np.linalg.norm(x[0] + x[1])
+    assert np.allclose(mean[:, 0], q @ expected, atol=1e-6)
+    heavy = person_scores(q, x, bounds, "mean", weights=np.array([1.0, 0.0, 1.0, 1.0]))
+    assert np.allclose(heavy[:, 0], q @ x[0], atol=1e-6)  # a zero weight drops a face from its person's mean
+
+
+def test_grey_keeps_the_crop_size_and_half_resolution_loses_the_finest_detail() -> None:
+    checker = np.indices((8, 8)).sum(0) % 2 * 255  # 1 px squares
+    crop = np.stack([checker, np.zeros_like(checker), 255 - checker], axis=2).astype(np.uint8)
+    g = grey(crop)
+    assert g.shape == crop.shape and (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+    assert abs(int(np.ptp(g[..., 0])) - round((0.299 - 0.114) * 255)) <= 1  # red against blue squares, in luma
+    blurred = grey(crop, scale=0.5)[..., 0].astype(int)
+    assert blurred.shape == (8, 8) and np.ptp(blurred[2:-2, 2:-2]) <= 2  # 2x2 boxes average them away

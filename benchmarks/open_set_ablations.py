@@ -1,0 +1,334 @@
+"""Score changes tried on `open_set.py`'s cached embeddings and not kept: the figures behind benchmarks/README.md.
+
+- ``projections``: a supervised linear map of the vectors (within-class covariance normalisation, WCCN, and
+  LDA), learned on one half of the *calibration* split's people; the 1:N calibration is fitted on the other half
+  and every figure comes from the evaluation split, against the raw vectors calibrated the same way.
+- ``identity-scores``: how a person with several faces is scored against a face: the normalised mean of their
+  faces (the service's default), their best face, the mean of all or of the top-k cosines, and means weighted by
+  the detector's score or by how typical a face is of its person. An order-free screen (everyone enrolled with
+  every photo but their last at once; a person counts as refused when one of their photos scores at or above the
+  bar against someone else, and the bar is set for each rule at the same share of people refused), so only a
+  comparison between rules, not the service's figures.
+- ``conditions``: how far different people's scores rise when photos are grey, or grey and at half resolution
+  (as AT&T's 92x112 faces are): the calibration split's photos re-embedded from the cached landmarks, their
+  different-person score at FAR 1e-3, 1e-4 and 1e-5 against the colour photos' (the 1:N bars rest on that tail).
+
+    python -m benchmarks.open_set_ablations projections [--view dlib_sface]
+    python -m benchmarks.open_set_ablations identity-scores [--view dlib_sface]
+    python -m benchmarks.open_set_ablations conditions
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import open_set
+from benchmarks.open_set import CACHE, Faces
+from embedding.train.evaluation import cross_scores
+
+CONFLICT_FPIRS = (1e-3, 2e-3, 3e-3, 5e-3)
+REFUSED_SHARES = (0.005, 0.01, 0.02)
+
+
+# --- projections ------------------------------------------------------------------------------------------
+
+
+def training_half(faces: Faces) -> Faces:
+    """The faces with half of the calibration split's people (by a salted name hash) moved to split "train",
+    which `open_set.fit_open_set` and the evaluation never read."""
+    split = faces.split.copy()
+    for i, (name, sp) in enumerate(zip(faces.identity, faces.split, strict=True)):
+        if sp == "calibration" and int(hashlib.sha256(f"ablation:{name}".encode()).hexdigest()[:8], 16) % 2 == 0:
+            split[i] = "train"
+    return dataclasses.replace(faces, split=split)
+
+
+@dataclass(frozen=True)
+class Scatter:
+    """Class statistics of training vectors (D,): their mean, within-class and between-class covariance (D, D),
+    both from the classes with at least two vectors."""
+
+    mean: np.ndarray
+    within: np.ndarray
+    between: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray, labels: np.ndarray) -> Scatter:
+        """From vectors float (N, D) and their class labels (N,)."""
+        x = np.asarray(x, dtype=np.float64)
+        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        centres = np.zeros((len(classes), x.shape[1]))
+        np.add.at(centres, inverse, x)
+        centres /= counts[:, None]
+        several = counts[inverse] >= 2
+        deviations = x[several] - centres[inverse][several]
+        spread = centres[counts >= 2] - x.mean(0)
+        return cls(x.mean(0), deviations.T @ deviations / len(deviations), spread.T @ spread / len(spread))
+
+
+def _inverse_sqrt(m: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh(m)
+    return np.asarray((vectors / np.sqrt(values)) @ vectors.T)
+
+
+def projection(scatter: Scatter, kind: str, *, shrink: float, dims: int | None = None) -> np.ndarray:
+    """A (D, d) map: ``wccn`` whitens the within-class covariance (shrunk toward ``shrink`` x its mean variance);
+    ``lda`` then keeps the ``dims`` directions of most between-class variance."""
+    d = len(scatter.within)
+    white = _inverse_sqrt(scatter.within + shrink * np.trace(scatter.within) / d * np.eye(d))
+    if kind == "wccn":
+        return white
+    values, vectors = np.linalg.eigh(white @ scatter.between @ white)
+    return np.asarray(white @ vectors[:, np.argsort(values)[::-1][: dims or d]])
+
+
+def projected(faces: Faces, w: np.ndarray, centre: np.ndarray | None) -> Faces:
+    """The faces mapped by ``w`` (after subtracting ``centre``) and renormalised as one vector (no parts)."""
+    y = (faces.x.astype(np.float64) - (0 if centre is None else centre)) @ w
+    y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+    y[~faces.found] = 0
+    return dataclasses.replace(faces, x=y.astype(np.float32), parts=None)
+
+
+def measure(faces: Faces) -> dict[str, object]:
+    """Calibrated on the calibration split's people left in it; FNIR at FPIR 1% on the whole evaluation split (one
+    photo, three by their mean) and enrolment of the evaluation split's people at each conflict FPIR."""
+    cal = open_set.fit_open_set(faces)
+    rows = open_set.evaluate_view(faces, cal, sizes=[], targets=[1e-2])["galleries"]
+    out: dict[str, object] = {
+        f"fnir_at_fpir_1e-2_{r['photos_per_person']}_{r['identity_score']}": r["fnir_at_fpir"]["0.01"]["fnir"]
+        for r in rows
+    }
+    for photos in (1, 3, None):
+        runs = [
+            open_set.enrolment_run(faces, cal, split="evaluation", conflict_fpir=cf, mismatch_far=1e-2, photos=photos)
+            for cf in CONFLICT_FPIRS
+        ]
+        out[f"enrol_{photos or 'every'}"] = {
+            f"{cf:g}": f"{r['refusal_rate']:.2%} / {r['reenrol_caught']:.1%}"
+            for cf, r in zip(CONFLICT_FPIRS, runs, strict=True)
+        }
+    return out
+
+
+def projections(view: str, cache: Path) -> dict[str, object]:
+    """Raw vectors against WCCN and LDA maps, each with the same training half and calibration half."""
+    faces = training_half(open_set.load_view(cache, view))
+    train = (faces.split == "train") & faces.found
+    scatter = Scatter.of(faces.x[train], faces.identity[train])
+    variants = {
+        "raw": faces,
+        "wccn, not centred, no shrinkage": projected(faces, projection(scatter, "wccn", shrink=0.0), None),
+        "wccn, centred, shrinkage 0.1": projected(faces, projection(scatter, "wccn", shrink=0.1), scatter.mean),
+        "wccn, centred, shrinkage 1": projected(faces, projection(scatter, "wccn", shrink=1.0), scatter.mean),
+        "lda 128, shrinkage 0.1": projected(faces, projection(scatter, "lda", shrink=0.1, dims=128), scatter.mean),
+        "lda 200, shrinkage 1": projected(faces, projection(scatter, "lda", shrink=1.0, dims=200), scatter.mean),
+    }
+    results: dict[str, object] = {"training_photos": int(train.sum())}
+    for name, variant in variants.items():
+        results[name] = measure(variant)
+        print(name, results[name], flush=True)
+    return results
+
+
+# --- identity scores --------------------------------------------------------------------------------------
+
+
+def person_scores(
+    queries: np.ndarray,
+    x: np.ndarray,
+    bounds: np.ndarray,
+    rule: str,
+    *,
+    weights: np.ndarray | None = None,
+    parts: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """Scores float (Q, P) of queries (Q, D) against P people whose faces are the rows of ``x`` (N, D) between
+    consecutive ``bounds`` (P + 1,): ``mean`` (the normalised mean, a fusion's part by part, of the faces weighted
+    by ``weights`` (N,), default equal), ``best``, ``avgcos`` (the mean cosine) or ``topK`` (the mean of the K best
+    cosines)."""
+    if rule == "mean":
+        w = np.ones(len(x)) if weights is None else weights
+        sums = np.add.reduceat(x.astype(np.float64) * w[:, None], bounds[:-1], axis=0)
+        return np.asarray(queries @ open_set._unit(sums, parts).T)
+    cosines = queries @ x.T
+    out = np.empty((len(queries), len(bounds) - 1), dtype=np.float32)
+    for p in range(len(bounds) - 1):
+        block = cosines[:, bounds[p] : bounds[p + 1]]
+        if rule == "best":
+            out[:, p] = block.max(1)
+        elif rule == "avgcos":
+            out[:, p] = block.mean(1)
+        else:
+            k = min(int(rule.removeprefix("top")), block.shape[1])
+            out[:, p] = -np.partition(-block, k - 1, axis=1)[:, :k].mean(1)
+    return out
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """Every person with every photo but the last: rows into `Faces` (N,), person numbers (N,) sorted, row bounds
+    per person (P + 1,), and the held-back photos' (person, row) pairs."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    bounds: np.ndarray
+    held: list[tuple[int, int]]
+
+    @classmethod
+    def of(cls, faces: Faces) -> Enrolled:
+        people: dict[str, list[int]] = {}
+        for i, name in enumerate(faces.identity):
+            if faces.found[i]:
+                people.setdefault(str(name), []).append(i)
+        rows, labels, held = [], [], []
+        for label, found in enumerate(people.values()):
+            m = max(len(found) - 1, 1)
+            rows += found[:m]
+            labels += [label] * m
+            if len(found) > m:
+                held.append((label, found[m]))
+        lab = np.array(labels)
+        bounds = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1], True])
+        return cls(np.array(rows), lab, bounds, held)
+
+
+def screen(faces: Faces, enrolled: Enrolled, rule: str, weights: np.ndarray | None) -> dict[str, str]:
+    """Re-enrolments caught at each share of people refused (`REFUSED_SHARES`), order-free, for one rule."""
+    x = faces.x[enrolled.rows]
+    people = len(enrolled.bounds) - 1
+    worst = np.full(people, -2.0)
+    for start in range(0, len(x), 2048):
+        scores = person_scores(x[start : start + 2048], x, enrolled.bounds, rule, weights=weights, parts=faces.parts)
+        own = enrolled.labels[start : start + 2048]
+        scores[np.arange(len(own)), own] = -2.0
+        np.maximum.at(worst, own, scores.max(1))
+    mine = np.array([label for label, _ in enrolled.held])
+    scores = person_scores(
+        faces.x[[row for _, row in enrolled.held]], x, enrolled.bounds, rule, weights=weights, parts=faces.parts
+    )
+    own_score = scores[np.arange(len(mine)), mine]
+    out = {}
+    for share in REFUSED_SHARES:
+        bar = float(np.quantile(worst, 1 - share))
+        caught = float(((scores.argmax(1) == mine) & (own_score >= bar)).mean())
+        out[f"{share:.1%} refused"] = f"bar {bar:.3f}, caught {caught:.1%}"
+    return out
+
+
+def identity_scores(view: str, cache: Path) -> dict[str, object]:
+    """Every rule of `person_scores` through `screen`, with the weights tried for the mean."""
+    faces = open_set.load_view(cache, view)
+    enrolled = Enrolled.of(faces)
+    detector = np.concatenate(
+        [np.load(open_set.cache_file(cache, ds.name, "faces"))["score"] for ds in open_set.DATASETS]
+    )[enrolled.rows].astype(np.float64)
+    x = faces.x[enrolled.rows].astype(np.float64)
+    sums = np.add.reduceat(x, enrolled.bounds[:-1], axis=0)
+    own_others = open_set._unit(sums[enrolled.labels] - x, faces.parts, np.float64)  # the person's mean without it
+    typical = np.einsum("ij,ij->i", own_others, x)
+    typical[np.diff(enrolled.bounds)[enrolled.labels] == 1] = 1.0
+    rules: dict[str, tuple[str, np.ndarray | None]] = {
+        "mean": ("mean", None),
+        "mean, weighted by detector score": ("mean", detector),
+        "mean, weighted by detector score^4": ("mean", detector**4),
+        "mean, weighted by exp(5 x typicality)": ("mean", np.exp(5 * typical)),
+        "mean, weighted by exp(10 x typicality)": ("mean", np.exp(10 * typical)),
+        "best face": ("best", None),
+        "mean cosine": ("avgcos", None),
+        "mean of the top 2 cosines": ("top2", None),
+        "mean of the top 3 cosines": ("top3", None),
+        "mean of the top 5 cosines": ("top5", None),
+    }
+    results: dict[str, object] = {"photos": len(enrolled.rows), "held_back": len(enrolled.held)}
+    for name, (rule, weights) in rules.items():
+        results[name] = screen(faces, enrolled, rule, weights)
+        print(name, results[name], flush=True)
+    return results
+
+
+# --- conditions -------------------------------------------------------------------------------------------
+
+
+def grey(crop: np.ndarray, *, scale: float = 1.0) -> np.ndarray:
+    """An RGB crop uint8 (h, w, 3) as grey (ITU-R 601 luma in all three channels), first shrunk to ``scale`` of
+    its size and enlarged back when ``scale`` < 1 (a lower-resolution photo of the same face)."""
+    from PIL import Image  # noqa: PLC0415
+
+    image = Image.fromarray(crop).convert("L")
+    if scale < 1:
+        small = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BOX)
+        image = small.resize(image.size, Image.Resampling.BILINEAR)
+    return np.repeat(np.asarray(image)[:, :, None], 3, axis=2)
+
+
+def impostor_tail(x: np.ndarray, identity: np.ndarray, fars: Sequence[float] = (1e-3, 1e-4, 1e-5)) -> dict[str, float]:
+    """Different-person score at each FAR among unit rows ``x`` (N, D) of people ``identity`` (N,)."""
+    impostors = np.sort(cross_scores(x, identity)[1])[::-1]
+    return {f"{far:g}": round(float(impostors[int(far * len(impostors))]), 4) for far in fars}
+
+
+def conditions(view: str, cache: Path) -> dict[str, object]:
+    """The calibration split's photos (LFW, up to `open_set.PHOTOS_PER_STRANGER` per person) in colour, grey, and
+    grey at half resolution, through the served model ``view`` (one of `open_set.EMBEDDERS`)."""
+    from embedding.embedder import load_embedder  # noqa: PLC0415
+    from embedding.facepath import decode, model_face  # noqa: PLC0415
+
+    faces = open_set.load_view(cache, view)
+    names, rows = open_set._by_identity(faces, "calibration")
+    photos = open_set.probe_photos(faces, names, rows)
+    lfw = open_set.DATASETS[0]
+    meta = np.load(open_set.cache_file(cache, lfw.name, "faces"))  # LFW's rows come first in every view
+    spec = next(s for s in open_set.EMBEDDERS if s.name == view)
+    with tempfile.TemporaryDirectory() as tmp:
+        embedder = load_embedder(
+            open_set._unflipped(spec, Path(tmp)),
+            runtime="onnx",
+            onnx_cache=cache.parent / "onnx",
+            allow_uncalibrated=True,
+        )
+        embedder.load()
+        crops = [
+            model_face(
+                decode((lfw.root / str(meta["image"][r])).read_bytes(), max_pixels=50_000_000),
+                meta[spec.landmarks][r],
+                embedder.card.input,
+            )
+            for r in photos
+        ]
+        variants = {
+            "colour": crops,
+            "grey": [grey(c) for c in crops],
+            "grey, half resolution": [grey(c, scale=0.5) for c in crops],
+        }
+        vectors = {
+            k: np.concatenate([embedder.embed(v[i : i + 64]) for i in range(0, len(v), 64)])
+            for k, v in variants.items()
+        }
+    results: dict[str, object] = {"photos": len(photos)}
+    for name, x in vectors.items():
+        results[name] = impostor_tail(x, faces.identity[photos])
+        print(name, results[name], flush=True)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", choices=("projections", "identity-scores", "conditions"))
+    parser.add_argument("--view", default="dlib_sface")
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    args = parser.parse_args(argv)
+    experiments = {"projections": projections, "identity-scores": identity_scores, "conditions": conditions}
+    experiments[args.experiment](args.view, args.cache)
+
+
+if __name__ == "__main__":
+    main()
