@@ -813,10 +813,13 @@ def write_card(
     baseline: str | None,
     conflict_fpir: float = 1e-3,
     mismatch_far: float = 1e-2,
+    folders_run: Path | None = None,
 ) -> Any:
     """Calibrate a model file's card on the calibration split: 1:1 thresholds (verify) at the measured FARs, the 1:N
     calibration (identify, enrolment checks), and for the record the evaluation split's 1:N table and the enrolment
-    of every person of the shared data (one photo each, and up to three) at the service's default checks."""
+    of every person of the shared data (one photo each, up to three, every photo) at the service's default checks,
+    with, from ``folders_run`` (the JSON of a `folders` run of this model at ``conflict_fpir``), the same through
+    ``facedb enroll``."""
     from embedding.card import ModelCard  # noqa: PLC0415
     from embedding.embedder import read_card  # noqa: PLC0415
 
@@ -830,15 +833,16 @@ def write_card(
     }
     evaluation = evaluate_view(faces, cal, sizes=SIZES, targets=targets)
     enrolment = {
-        f"{photos}_photos": {
+        f"{photos or 'every'}_photos": {
             k: v
             for k, v in enrolment_run(
                 faces, cal, split=None, conflict_fpir=conflict_fpir, mismatch_far=mismatch_far, photos=photos
             ).items()
             if k not in ("refusals", "warnings")
         }
-        for photos in (1, 3)
+        for photos in (1, 3, None)
     }
+    through_cli = _folders_figures(folders_run, model, conflict_fpir) if folders_run else None
     baseline_rows: list[dict[str, Any]] = []
     if baseline is not None:
         base_faces = load_view(cache, baseline)
@@ -853,7 +857,7 @@ def write_card(
             "default_threshold_far": default_far,
             "open_set": cal.model_dump(mode="json"),
             "metrics": {
-                **card.metrics,
+                **{k: v for k, v in card.metrics.items() if k != "enrolment_facedb_enroll"},  # a run of the old card
                 "calibration": {
                     "data": cal.source,
                     "genuine_pairs": int(genuine.size),
@@ -867,6 +871,7 @@ def write_card(
                     "baseline": {"view": baseline, "galleries": baseline_rows} if baseline else None,
                 },
                 "enrolment": enrolment,
+                **({"enrolment_facedb_enroll": through_cli} if through_cli else {}),
             },
             "notes": f"Verify: threshold {thresholds[default_label]} at FAR {default_label} (TAR "
             f"{per_far[default_label]['tar']} on the calibration split). Identify: thresholds set per gallery size "
@@ -882,6 +887,35 @@ def write_card(
 
         replace_card(model, model, updated)
     return updated
+
+
+FOLDERS_FIGURES = (
+    "model",
+    "conflict_fpir",
+    "identities",
+    "people",
+    "identities_enrolled",
+    "identities_with_a_conflict_naming_someone_else",
+    "wrong_conflict_rate",
+    "identities_warned",
+    "warning_rate",
+    "reenrolled",
+    "reenrol_caught",
+    "reenrol_named",
+    "first_summary",
+)
+
+
+def _folders_figures(path: Path, model: Path, conflict_fpir: float) -> dict[str, Any]:
+    """The figures of a `folders` run's JSON that a card records; ValueError when the run is of another model or
+    another conflict FPIR (or from before runs recorded them)."""
+    run = json.loads(path.read_text())
+    if run.get("model") != model.name or run.get("conflict_fpir") != conflict_fpir:
+        raise ValueError(
+            f"{path} is a folders run of {run.get('model')} at conflict FPIR {run.get('conflict_fpir')}, "
+            f"not of {model.name} at {conflict_fpir}"
+        )
+    return {k: run[k] for k in FOLDERS_FIGURES}
 
 
 # --- http: one gallery through a running server ---------------------------------------------------------
@@ -1128,6 +1162,7 @@ def folders() -> dict[str, Any]:
     import subprocess  # noqa: PLC0415
 
     from benchmarks.identify_latency import fresh_database  # noqa: PLC0415
+    from service.settings import Settings  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="facedb-folders-") as tmp_s:
         tmp = Path(tmp_s)
@@ -1146,6 +1181,8 @@ def folders() -> dict[str, Any]:
                 "seconds": round(time.perf_counter() - started),
             }
     scores = score_folders(runs["first"]["notes"], runs["again"]["notes"], trees)
+    settings = Settings()  # as the command resolved them: FACEDB_ environment, .env, defaults
+    scores |= {"model": settings.resolved_model_path.name, "conflict_fpir": settings.conflict_fpir}
     printed = {f"{key}_{part}": run[part] for key, run in runs.items() for part in ("summary", "seconds")}
     notes = {f"{key}_notes": [dataclasses.astuple(n) for n in run["notes"]] for key, run in runs.items()}
     return scores | printed | notes
@@ -1239,6 +1276,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--default-far", type=float, default=1e-3)
     p.add_argument("--baseline", default="dlib:flip", help="a view measured beside it for the card")
     p.add_argument("--targets", nargs="+", type=float, default=[1e-2, 1e-3])
+    p.add_argument("--folders", type=Path, help="the JSON of a `folders` run of this model, recorded in the card")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         sys.exit(f"the shared data is absent ({DATA}); nothing to measure")
@@ -1279,6 +1317,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             default_far=args.default_far,
             targets=args.targets,
             baseline=args.baseline,
+            folders_run=args.folders,
         )
         print(f"wrote {args.model}: {card.name}@{card.version}, thresholds {card.thresholds}")
 

@@ -144,26 +144,58 @@ def render(card: ModelCard, *, intro: Sequence[str] = INTRO) -> str:
                 "",
             ]
             lines += [*_gallery_table(ev["baseline"]["galleries"]), ""]
-    enrolment = card.metrics.get("enrolment")
-    if enrolment:
-        lines += [
-            "## Enrolment checks (every person of the shared data)",
-            "",
-            "`benchmarks/open_set.py`: every person enrolled in data-set order with the service's checks, then each",
-            "person's next photo enrolled again under a new id (caught when the conflict check names them).",
-            "",
-            "| photos per person | people | refused as conflicts | enrolled again: caught | conflict FPIR |",
-            "|---|---|---|---|---|",
-            *[
-                f"| {'' if e['photos_per_person'] == 1 else 'up to '}{e['photos_per_person']} | {e['people']} "
-                f"| {e['people_refused_as_conflicts']} ({e['refusal_rate']:.2%}) "
-                f"| {e['reenrol_caught']:.1%} of {e['reenrolled']} | {e['conflict_fpir']:g} |"
-                for e in enrolment.values()
-            ],
-            "",
-        ]
+    lines += _enrolment_lines(card.metrics)
     lines += ["## Notes", "", card.notes, ""]
     return "\n".join(lines)
+
+
+def _photos(e: dict[str, Any]) -> str:
+    n = e["photos_per_person"]
+    return "every photo, one at a time" if n is None else "1" if n == 1 else f"up to {n}"
+
+
+def _named(e: dict[str, Any]) -> str:
+    """Warned / named columns; cards measured before enrolment warned of possible duplicates have neither."""
+    if "reenrol_named" not in e:
+        return "| - | - |"
+    return f"| {e['warning_rate']:.2%} | {e['reenrol_named']:.1%} |"
+
+
+def _enrolment_lines(metrics: dict[str, Any]) -> list[str]:
+    """The card's enrolment section: the library's runs and, where recorded, one through `facedb enroll`."""
+    enrolment = metrics.get("enrolment")
+    if not enrolment:
+        return []
+    lines = [
+        "## Enrolment checks (every person of the shared data)",
+        "",
+        "`benchmarks/open_set.py`: every person enrolled in data-set order with the service's checks, then each",
+        "person's next photo enrolled again under a new id (caught when the conflict check names them; named when a",
+        "refusal or a `possible_duplicate` warning does; warned: people whose first enrolment drew a warning).",
+        "",
+        "| photos per person | people | refused as conflicts | enrolled again: caught | warned | named "
+        "| conflict FPIR |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {_photos(e)} | {e['people']} | {e['people_refused_as_conflicts']} ({e['refusal_rate']:.2%}) "
+            f"| {e['reenrol_caught']:.1%} of {e['reenrolled']} {_named(e)} {e['conflict_fpir']:g} |"
+            for e in enrolment.values()
+        ],
+        "",
+    ]
+    cli = metrics.get("enrolment_facedb_enroll")
+    if cli:
+        lines += [
+            f"Through `facedb enroll` (`python -m benchmarks.open_set folders`: one folder per identity, each "
+            f"identity's photos in one request as the README enrols a folder, each person's last photo held back and "
+            f"then enrolled in a folder of its own), {cli['model']} at conflict FPIR {cli['conflict_fpir']:g}: "
+            f"{cli['identities_with_a_conflict_naming_someone_else']} of {cli['identities']} identities "
+            f"({cli['wrong_conflict_rate']:.2%}) refused as a conflict with someone else, {cli['identities_warned']} "
+            f"warned ({cli['warning_rate']:.2%}); {cli['reenrol_caught']:.1%} of {cli['reenrolled']} people enrolled "
+            f"again caught, {cli['reenrol_named']:.1%} named. First run: {cli['first_summary']}.",
+            "",
+        ]
+    return lines
 
 
 def card_cli(

@@ -1,25 +1,29 @@
 """benchmarks.open_set's enrolment model (the conflict check scores other people as the service does: the normalised
 mean of their accepted faces, or their best face, never the person being enrolled) and its reading of what
-`facedb enroll` prints (`folders`); the score changes of `open_set_ablations`."""
+`facedb enroll` prints (`folders`) and what a model card records of it; the score changes of `open_set_ablations`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks.open_set import (
+    FOLDERS_FIGURES,
     CliNote,
     FolderTrees,
     PersonMeans,
     _best_other,
+    _folders_figures,
     _warned,
     parse_enrol_output,
     score_folders,
 )
 from benchmarks.open_set_ablations import Scatter, grey, person_scores, projection
 from index.gallery import Hit
+from scripts.build_sface import _enrolment_lines
 from service.core import Lookalike, _conflict, _mismatch, _possible_duplicate
 from service.db.models import Identity
 
@@ -216,3 +220,33 @@ def test_grey_keeps_the_crop_size_and_half_resolution_loses_the_finest_detail() 
     assert abs(int(np.ptp(g[..., 0])) - round((0.299 - 0.114) * 255)) <= 1  # red against blue squares, in luma
     blurred = grey(crop, scale=0.5)[..., 0].astype(int)
     assert blurred.shape == (8, 8) and np.ptp(blurred[2:-2, 2:-2]) <= 2  # 2x2 boxes average them away
+
+
+def test_a_card_records_a_folders_run_only_of_its_own_model_and_bar(tmp_path: Path) -> None:
+    run = {k: 1 for k in FOLDERS_FIGURES} | {"model": "m.onnx", "conflict_fpir": 0.001, "first_notes": [["a", "b"]]}
+    path = tmp_path / "folders.json"
+    path.write_text(json.dumps(run))
+    figures = _folders_figures(path, Path("models/m.onnx"), 0.001)
+    assert set(figures) == set(FOLDERS_FIGURES)  # the notes stay in the run's JSON
+    for model, bar in (("other.onnx", 0.001), ("m.onnx", 0.0015)):
+        with pytest.raises(ValueError, match="not of"):
+            _folders_figures(path, Path(model), bar)
+    path.write_text(json.dumps({k: v for k, v in run.items() if k != "model"}))  # a run from before runs said
+    with pytest.raises(ValueError, match="not of"):
+        _folders_figures(path, Path("m.onnx"), 0.001)
+
+
+def test_the_card_shows_every_photo_warnings_and_the_facedb_enroll_run() -> None:
+    base = {"people": 10, "people_refused_as_conflicts": 1, "refusal_rate": 0.1, "reenrol_caught": 0.5}
+    enrolment = {
+        "1_photos": base | {"photos_per_person": 1, "reenrolled": 4, "conflict_fpir": 0.001},  # before warnings
+        "every_photos": base
+        | {"photos_per_person": None, "reenrolled": 4, "conflict_fpir": 0.001, "warning_rate": 0.2}
+        | {"reenrol_named": 0.75},
+    }
+    cli = {k: 0 for k in FOLDERS_FIGURES} | {"model": "m.onnx", "conflict_fpir": 0.001, "reenrol_caught": 0.9}
+    text = "\n".join(_enrolment_lines({"enrolment": enrolment, "enrolment_facedb_enroll": cli}))
+    assert "| 1 | 10 | 1 (10.00%) | 50.0% of 4 | - | - | 0.001 |" in text
+    assert "| every photo, one at a time | 10 | 1 (10.00%) | 50.0% of 4 | 20.00% | 75.0% | 0.001 |" in text
+    assert "Through `facedb enroll`" in text and "m.onnx at conflict FPIR 0.001" in text and "90.0% of 0" in text
+    assert _enrolment_lines({}) == []
