@@ -134,11 +134,26 @@ def _unflipped(spec: EmbedderSpec, tmp: Path) -> Path:
     return _with_flip(spec.path, tmp, False)
 
 
+def load_unflipped(spec: EmbedderSpec, tmp: Path, *, threads: int = 0) -> Any:
+    """The embedder of ``spec`` with mirror-image augmentation off (a copy of its file under ``tmp``), loaded with
+    onnxruntime on ``threads`` threads (0: its default), calibrated or not."""
+    from embedding.embedder import load_embedder  # noqa: PLC0415
+
+    embedder = load_embedder(
+        _unflipped(spec, tmp),
+        runtime="onnx",
+        onnx_cache=CACHE.parent / "onnx",
+        threads=threads,
+        allow_uncalibrated=True,
+    )
+    embedder.load()
+    return embedder
+
+
 def _embed_shard(args: tuple[list[str], list[str], list[str], int]) -> dict[str, np.ndarray]:
     """Worker: detect, align and embed one shard of images (one thread)."""
     paths, _names, models, batch = args
     from embedding.detect import DlibLandmarks  # noqa: PLC0415
-    from embedding.embedder import load_embedder  # noqa: PLC0415
     from embedding.errors import ImageError  # noqa: PLC0415
     from embedding.facepath import decode, model_face  # noqa: PLC0415
     from embedding.train.faceset import central_face  # noqa: PLC0415
@@ -176,14 +191,7 @@ def _embed_shard(args: tuple[list[str], list[str], list[str], int]) -> dict[str,
         images.append(rgb)
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs:
-            embedder = load_embedder(
-                _unflipped(spec, Path(tmp)),
-                runtime="onnx",
-                onnx_cache=CACHE.parent / "onnx",
-                threads=1,
-                allow_uncalibrated=True,
-            )
-            embedder.load()
+            embedder = load_unflipped(spec, Path(tmp), threads=1)
             dim = embedder.card.embedding_dim
             for view in ("o", "m"):
                 out[f"{spec.name}_{view}"] = np.zeros((n, dim), dtype=np.float32)
@@ -514,6 +522,36 @@ def gallery_row(gallery: Gallery, outcome: Outcome, cal: Any, targets: Sequence[
     return row
 
 
+@dataclass(frozen=True)
+class EnrolmentPlan:
+    """Who enrols which photos, in data-set order: the people's names (P), the rows into `Faces` they enrol (N,
+    grouped by person), each row's person number (int (N,)), and the row of each person's held-back photo (person
+    number -> row) where they have one."""
+
+    names: list[str]
+    rows: list[int]
+    labels: np.ndarray
+    held: dict[int, int]
+
+
+def enrolment_plan(faces: Faces, *, split: str | None, photos: int | None) -> EnrolmentPlan:
+    """Every person of ``split`` (None: all) with a face, each enrolling up to ``photos`` photos with a face (None:
+    every one), one fewer where that leaves none to hold back: the next is held back."""
+    people: dict[str, list[int]] = {}
+    for i, (name, sp) in enumerate(zip(faces.identity, faces.split, strict=True)):
+        if (split is None or sp == split) and faces.found[i]:
+            people.setdefault(str(name), []).append(i)
+    rows, labels, held = [], [], {}
+    for label, found in enumerate(people.values()):
+        most = max(len(found) - 1, 1)  # one photo kept back where there are two or more
+        m = most if photos is None else min(photos, most)
+        rows += found[:m]
+        labels += [label] * m
+        if len(found) > m:
+            held[label] = found[m]
+    return EnrolmentPlan(list(people), rows, np.array(labels, dtype=int), held)
+
+
 def enrolment_run(
     faces: Faces,
     cal: Any,
@@ -533,20 +571,9 @@ def enrolment_run(
     threshold (``target_fpir`` for the people enrolled so far) is warned of as a possible duplicate. Then each
     person's next photo is enrolled under a new id: caught when the check names that person, named when a refusal or
     a warning does. Also a stranger's photo added to a person: accepted when it passes."""
-    people: dict[str, list[int]] = {}
-    for i, (name, sp) in enumerate(zip(faces.identity, faces.split, strict=True)):
-        if (split is None or sp == split) and faces.found[i]:
-            people.setdefault(str(name), []).append(i)
-    names = list(people)
-    rows, labels, held = [], [], {}
-    for label, found in enumerate(people.values()):
-        most = max(len(found) - 1, 1)  # one photo kept back where there are two or more
-        m = most if photos is None else min(photos, most)
-        rows += found[:m]
-        labels += [label] * m
-        if len(found) > m:
-            held[label] = found[m]
-    x, lab = faces.x[rows], np.array(labels)
+    plan = enrolment_plan(faces, split=split, photos=photos)
+    names, rows, held, lab = plan.names, plan.rows, plan.held, plan.labels
+    x = faces.x[rows]
     accepted = np.zeros(len(rows), dtype=bool)
     conflict = np.zeros(len(rows), dtype=bool)
     mismatch = np.zeros(len(rows), dtype=bool)
@@ -555,7 +582,7 @@ def enrolment_run(
     rival_of = np.full(len(rows), -1)
     t_mismatch = cal.threshold_at_far(mismatch_far)
     refusals = []
-    means = PersonMeans.from_sums(np.zeros((len(people), x.shape[1])), faces.parts)
+    means = PersonMeans.from_sums(np.zeros((len(names), x.shape[1])), faces.parts)
     for start in range(0, len(rows), 512):
         block = x[start : start + 512] @ x.T
         for r in range(block.shape[0]):
@@ -591,19 +618,19 @@ def enrolment_run(
     person_refused = {int(lab[i]) for i in np.flatnonzero(conflict)}
     person_warned = {int(lab[i]) for i in np.flatnonzero(warned)}
     return {
-        "people": len(people),
+        "people": len(names),
         "photos_per_person": photos,
         "identity_score": identity_score,
         "photos": len(rows),
         "conflict_fpir": conflict_fpir,
         "people_refused_as_conflicts": len(person_refused),
-        "refusal_rate": round(len(person_refused) / len(people), 5),
+        "refusal_rate": round(len(person_refused) / len(names), 5),
         "photos_refused_as_conflicts": int(conflict.sum()),
         "photos_refused_as_mismatch": int(mismatch.sum()),
         "refusals": refusals[:60],
         "target_fpir": target_fpir,
         "people_warned": len(person_warned),
-        "warning_rate": round(len(person_warned) / len(people), 5),
+        "warning_rate": round(len(person_warned) / len(names), 5),
         "warnings": warnings[:60],
         "conflict_threshold_at_end": round(t_conflict, 4),
         "reenrolled": len(tried),

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import open_set
-from benchmarks.open_set import CACHE, Faces
+from benchmarks.open_set import CACHE, EnrolmentPlan, Faces
 from embedding.train.evaluation import cross_scores
 
 CONFLICT_FPIRS = (1e-3, 2e-3, 3e-3, 5e-3)
@@ -173,48 +173,25 @@ def person_scores(
     return out
 
 
-@dataclass(frozen=True)
-class Enrolled:
-    """Every person with every photo but the last: rows into `Faces` (N,), person numbers (N,) sorted, row bounds
-    per person (P + 1,), and the held-back photos' (person, row) pairs."""
-
-    rows: np.ndarray
-    labels: np.ndarray
-    bounds: np.ndarray
-    held: list[tuple[int, int]]
-
-    @classmethod
-    def of(cls, faces: Faces) -> Enrolled:
-        people: dict[str, list[int]] = {}
-        for i, name in enumerate(faces.identity):
-            if faces.found[i]:
-                people.setdefault(str(name), []).append(i)
-        rows, labels, held = [], [], []
-        for label, found in enumerate(people.values()):
-            m = max(len(found) - 1, 1)
-            rows += found[:m]
-            labels += [label] * m
-            if len(found) > m:
-                held.append((label, found[m]))
-        lab = np.array(labels)
-        bounds = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1], True])
-        return cls(np.array(rows), lab, bounds, held)
+def person_bounds(labels: np.ndarray) -> np.ndarray:
+    """Where each person's rows start, and the end, int (P + 1,), for person numbers (N,) grouped by person."""
+    return np.flatnonzero(np.r_[True, labels[1:] != labels[:-1], True])
 
 
-def screen(faces: Faces, enrolled: Enrolled, rule: str, weights: np.ndarray | None) -> dict[str, str]:
-    """Re-enrolments caught at each share of people refused (`REFUSED_SHARES`), order-free, for one rule."""
-    x = faces.x[enrolled.rows]
-    people = len(enrolled.bounds) - 1
+def screen(faces: Faces, plan: EnrolmentPlan, rule: str, weights: np.ndarray | None) -> dict[str, str]:
+    """Re-enrolments caught at each share of people refused (`REFUSED_SHARES`), order-free, for one rule, everyone
+    enrolled at once as ``plan`` says."""
+    x = faces.x[plan.rows]
+    bounds = person_bounds(plan.labels)
+    people = len(plan.names)
     worst = np.full(people, -2.0)
     for start in range(0, len(x), 2048):
-        scores = person_scores(x[start : start + 2048], x, enrolled.bounds, rule, weights=weights, parts=faces.parts)
-        own = enrolled.labels[start : start + 2048]
+        scores = person_scores(x[start : start + 2048], x, bounds, rule, weights=weights, parts=faces.parts)
+        own = plan.labels[start : start + 2048]
         scores[np.arange(len(own)), own] = -2.0
         np.maximum.at(worst, own, scores.max(1))
-    mine = np.array([label for label, _ in enrolled.held])
-    scores = person_scores(
-        faces.x[[row for _, row in enrolled.held]], x, enrolled.bounds, rule, weights=weights, parts=faces.parts
-    )
+    mine = np.array(list(plan.held))
+    scores = person_scores(faces.x[list(plan.held.values())], x, bounds, rule, weights=weights, parts=faces.parts)
     own_score = scores[np.arange(len(mine)), mine]
     out = {}
     for share in REFUSED_SHARES:
@@ -227,15 +204,16 @@ def screen(faces: Faces, enrolled: Enrolled, rule: str, weights: np.ndarray | No
 def identity_scores(view: str, cache: Path) -> dict[str, object]:
     """Every rule of `person_scores` through `screen`, with the weights tried for the mean."""
     faces = open_set.load_view(cache, view)
-    enrolled = Enrolled.of(faces)
+    plan = open_set.enrolment_plan(faces, split=None, photos=None)
+    bounds = person_bounds(plan.labels)
     detector = np.concatenate(
         [np.load(open_set.cache_file(cache, ds.name, "faces"))["score"] for ds in open_set.DATASETS]
-    )[enrolled.rows].astype(np.float64)
-    x = faces.x[enrolled.rows].astype(np.float64)
-    sums = np.add.reduceat(x, enrolled.bounds[:-1], axis=0)
-    own_others = open_set._unit(sums[enrolled.labels] - x, faces.parts, np.float64)  # the person's mean without it
+    )[plan.rows].astype(np.float64)
+    x = faces.x[plan.rows].astype(np.float64)
+    sums = np.add.reduceat(x, bounds[:-1], axis=0)
+    own_others = open_set._unit(sums[plan.labels] - x, faces.parts, np.float64)  # the person's mean without it
     typical = np.einsum("ij,ij->i", own_others, x)
-    typical[np.diff(enrolled.bounds)[enrolled.labels] == 1] = 1.0
+    typical[np.diff(bounds)[plan.labels] == 1] = 1.0
     rules: dict[str, tuple[str, np.ndarray | None]] = {
         "mean": ("mean", None),
         "mean, weighted by detector score": ("mean", detector),
@@ -248,9 +226,9 @@ def identity_scores(view: str, cache: Path) -> dict[str, object]:
         "mean of the top 3 cosines": ("top3", None),
         "mean of the top 5 cosines": ("top5", None),
     }
-    results: dict[str, object] = {"photos": len(enrolled.rows), "held_back": len(enrolled.held)}
+    results: dict[str, object] = {"photos": len(plan.rows), "held_back": len(plan.held)}
     for name, (rule, weights) in rules.items():
-        results[name] = screen(faces, enrolled, rule, weights)
+        results[name] = screen(faces, plan, rule, weights)
         print(name, results[name], flush=True)
     return results
 
@@ -279,7 +257,6 @@ def impostor_tail(x: np.ndarray, identity: np.ndarray, fars: Sequence[float] = (
 def conditions(view: str, cache: Path) -> dict[str, object]:
     """The calibration split's photos (LFW, up to `open_set.PHOTOS_PER_STRANGER` per person) in colour, grey, and
     grey at half resolution, through the served model ``view`` (one of `open_set.EMBEDDERS`)."""
-    from embedding.embedder import load_embedder  # noqa: PLC0415
     from embedding.facepath import decode, model_face  # noqa: PLC0415
 
     faces = open_set.load_view(cache, view)
@@ -289,13 +266,7 @@ def conditions(view: str, cache: Path) -> dict[str, object]:
     meta = np.load(open_set.cache_file(cache, lfw.name, "faces"))  # LFW's rows come first in every view
     spec = next(s for s in open_set.EMBEDDERS if s.name == view)
     with tempfile.TemporaryDirectory() as tmp:
-        embedder = load_embedder(
-            open_set._unflipped(spec, Path(tmp)),
-            runtime="onnx",
-            onnx_cache=cache.parent / "onnx",
-            allow_uncalibrated=True,
-        )
-        embedder.load()
+        embedder = open_set.load_unflipped(spec, Path(tmp))
         crops = [
             model_face(
                 decode((lfw.root / str(meta["image"][r])).read_bytes(), max_pixels=50_000_000),
