@@ -11,7 +11,9 @@ Stages (each a subcommand; the first is slow and cached, the others take seconds
 - ``library``: the numbers, from the cached embeddings with exact search (facedb's `GalleryIndex`), for each
   embedder and fusion at every gallery size (`evaluate_view`), and the enrolment runs (`enrolment_run`).
 - ``calibrate``: writes a model's thresholds and 1:N calibration into its card, measured on the *calibration*
-  split only, with the evaluation split's table for the record (`write_card`).
+  split only (with a second impostor table from the same photos turned grey: `condition_vectors`), with the
+  evaluation split's table for the record (`write_card`). Every decision the stages model takes each photo's
+  condition as the service does (`photo_conditions`, measured from the photos once and cached).
 - ``http``: one gallery size (or, with ``--everyone``, every person) through a real server's HTTP API, enrolled
   and searched as a client would, the default model and a baseline each in a fresh server.
 - ``folders``: every identity of the shared data enrolled with ``facedb enroll DIR`` as the README enrols a folder
@@ -250,13 +252,30 @@ def embed(cache: Path, *, workers: int, models: Sequence[str], datasets: Sequenc
 @dataclass(frozen=True)
 class Faces:
     """Every photo of the shared data under one view: identity (N,) str, split (N,) str, found (N,) bool,
-    x float32 (N, D) unit rows (zero where no face was found); parts: a fusion's part dims (None: one model)."""
+    x float32 (N, D) unit rows (zero where no face was found); parts: a fusion's part dims (None: one model); photo:
+    each photo's condition measures (None: every photo taken as colour at the data's resolution)."""
 
     identity: np.ndarray
     split: np.ndarray
     found: np.ndarray
     x: np.ndarray
     parts: tuple[int, ...] | None = None
+    photo: PhotoConditions | None = None
+
+    def conditions(self) -> np.ndarray:
+        """Each photo's `embedding.openset.CONDITIONS` label ("": colour)."""
+        if self.photo is None:
+            return np.full(len(self.identity), "")
+        return self.photo.labels()
+
+
+def bars(cal: Any, conditions: np.ndarray, compared: int, fpir: float) -> np.ndarray:
+    """float (n,): the 1:N threshold at ``fpir`` against ``compared`` faces or people for each photo of
+    ``conditions`` (n,) labels, from the card's table for its condition, as the service sets it."""
+    out = np.empty(len(conditions))
+    for label in np.unique(conditions):
+        out[conditions == label] = cal.under(str(label) or None).threshold(compared, fpir)
+    return out
 
 
 def _unit(x: np.ndarray, parts: tuple[int, ...] | None = None, dtype: Any = np.float32) -> np.ndarray:
@@ -319,7 +338,98 @@ def load_view(cache: Path, view: str, datasets: Sequence[str] | None = None) -> 
         found=np.concatenate(found),
         x=x,
         parts=comps_parts[0] if len(dims) == 1 else dims,
+        photo=photo_conditions(cache, datasets),
     )
+
+
+# --- photo conditions: grey, low resolution ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhotoConditions:
+    """How the service would see each cached photo, in `load_view` order: ``chroma`` (N,) of the face region
+    (`embedding.quality.chroma_of`) and ``inter_eye_px`` (N,) from the served (dlib 5-point) landmarks; 0 where no
+    face was found."""
+
+    chroma: np.ndarray
+    inter_eye_px: np.ndarray
+
+    def labels(self) -> np.ndarray:
+        """Each photo's `embedding.openset.CONDITIONS` label ("" for colour)."""
+        from embedding.openset import condition_of  # noqa: PLC0415
+
+        return np.array([condition_of(float(c)) or "" for c in self.chroma])
+
+
+def _measure_conditions(ds: DataSet, meta: Any) -> dict[str, np.ndarray]:
+    from embedding.facepath import decode  # noqa: PLC0415
+    from embedding.quality import chroma_of, face_region  # noqa: PLC0415
+
+    n = len(meta["image"])
+    chroma, ied = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
+    for i in np.flatnonzero(meta["found"]):
+        landmarks = meta["dlib5"][i]
+        rgb = decode((ds.root / str(meta["image"][i])).read_bytes(), max_pixels=50_000_000)
+        chroma[i] = chroma_of(face_region(rgb, landmarks))
+        ied[i] = float(np.linalg.norm(landmarks[1] - landmarks[0]))
+    return {"chroma": chroma, "inter_eye_px": ied}
+
+
+def photo_conditions(cache: Path, datasets: Sequence[str] | None = None) -> PhotoConditions:
+    """`PhotoConditions` of the cached photos (as `load_view` with the same ``datasets``), measured from the photos
+    on first use and cached beside their faces (a minute or two for the whole shared data)."""
+    parts: dict[str, list[np.ndarray]] = {"chroma": [], "inter_eye_px": []}
+    for ds in DATASETS:
+        faces_file = cache_file(cache, ds.name, "faces")
+        if not faces_file.exists() or (datasets is not None and ds.name not in datasets):
+            continue
+        target = cache_file(cache, ds.name, "conditions")
+        if not target.exists():
+            measures = _measure_conditions(ds, np.load(faces_file))
+            np.savez(target, chroma=measures["chroma"], inter_eye_px=measures["inter_eye_px"])
+        measured = np.load(target)
+        for key, values in parts.items():
+            values.append(measured[key])
+    return PhotoConditions(np.concatenate(parts["chroma"]), np.concatenate(parts["inter_eye_px"]))
+
+
+def in_condition(image: np.ndarray, landmarks: np.ndarray, *, grey: bool, inter_eye_px: float | None) -> Any:
+    """(image, landmarks) of a photo as a grey camera and/or one farther away would take it: luma in all three
+    channels, and shrunk (area average) so the eyes are ``inter_eye_px`` apart where they are farther."""
+    from PIL import Image  # noqa: PLC0415
+
+    picture = Image.fromarray(image)
+    if grey:
+        picture = picture.convert("L").convert("RGB")
+    ied = float(np.linalg.norm(landmarks[1] - landmarks[0]))
+    if inter_eye_px is not None and ied > inter_eye_px:
+        scale = inter_eye_px / ied
+        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        picture = picture.resize(size, Image.Resampling.BOX)
+        landmarks = landmarks * np.array([size[0] / image.shape[1], size[1] / image.shape[0]], dtype=np.float32)
+    return np.asarray(picture), landmarks
+
+
+def embed_in_condition(
+    spec: EmbedderSpec, cache: Path, rows: np.ndarray, *, grey: bool, inter_eye_px: float | None, batch: int = 32
+) -> np.ndarray:
+    """float32 (len(rows), D): the LFW photos at ``rows`` (rows of `load_view`, LFW's come first) embedded by
+    ``spec``'s served (unflipped) model after `in_condition`."""
+    from embedding.facepath import decode, model_face  # noqa: PLC0415
+
+    lfw = DATASETS[0]
+    meta = np.load(cache_file(cache, lfw.name, "faces"))
+    with tempfile.TemporaryDirectory() as tmp:
+        embedder = load_unflipped(spec, Path(tmp))
+        out = []
+        for start in range(0, len(rows), batch):
+            crops = []
+            for r in rows[start : start + batch]:
+                rgb = decode((lfw.root / str(meta["image"][r])).read_bytes(), max_pixels=50_000_000)
+                image, landmarks = in_condition(rgb, meta[spec.landmarks][r], grey=grey, inter_eye_px=inter_eye_px)
+                crops.append(model_face(image, landmarks, embedder.card.input))
+            out.append(embedder.embed(crops))
+    return np.concatenate(out).astype(np.float32)
 
 
 # --- library: galleries of every size -------------------------------------------------------------------
@@ -453,9 +563,34 @@ def far_table(impostors: np.ndarray, *, min_pairs: int = 50) -> tuple[dict[str, 
     return table, measured[-1]
 
 
-def fit_open_set(faces: Faces, *, seed: int = 0, repeats: int = 5) -> Any:
+def condition_vectors(cache: Path, view: str, faces: Faces) -> dict[str, np.ndarray] | None:
+    """`embedding.openset.CONDITIONS` label -> float32 (P, D): the calibration split's `probe_photos` as a grey
+    camera would take them, through ``view`` (a served model of `EMBEDDERS`; None for views that are not one),
+    cached per view (a few minutes the first time)."""
+    from embedding.openset import CONDITIONS, GREY  # noqa: PLC0415
+
+    spec = next((s for s in EMBEDDERS if s.name == view), None)
+    if spec is None:
+        return None
+    names, rows = _by_identity(faces, "calibration")
+    photos = probe_photos(faces, names, rows)
+    out = {}
+    for label in CONDITIONS:
+        target = cache / f"conditions.{view}.{label}.npz"
+        if target.exists() and np.array_equal(np.load(target)["rows"], photos):
+            out[label] = np.load(target)["x"]
+            continue
+        out[label] = embed_in_condition(spec, cache, photos, grey=label == GREY, inter_eye_px=None)
+        np.savez(target, rows=photos, x=out[label])
+    return out
+
+
+def fit_open_set(
+    faces: Faces, *, seed: int = 0, repeats: int = 5, conditions: dict[str, np.ndarray] | None = None
+) -> Any:
     """`embedding.openset.OpenSetCalibration` from the calibration split: the 1:1 table from every different-person
-    pair of its photos (up to `PHOTOS_PER_STRANGER` per person), k from single-photo galleries of `CAL_SIZES` people.
+    pair of its photos (up to `PHOTOS_PER_STRANGER` per person), k from single-photo galleries of `CAL_SIZES` people,
+    and a table for each photo condition in ``conditions`` (`condition_vectors`: the same photos in that condition).
 
     Galleries hold at most half of the split's people, so that most strangers are people who are not enrolled, as at
     a door: with everyone enrolled, every stranger is a left-out photo of an enrolled person, and the people filed
@@ -481,12 +616,17 @@ def fit_open_set(faces: Faces, *, seed: int = 0, repeats: int = 5) -> Any:
                 far = base.fpir(1, threshold_at_far(outcome.stranger, fpir))  # one face, k = 1: the 1:1 FAR
                 estimates.append(math.log(-math.log1p(-fpir) / (len(gallery.rows) * -math.log1p(-far))))
         per_size[str(size)] = round(math.exp(float(np.mean(estimates))), 4)
+    by_condition = {
+        label: far_table(cross_scores(x, faces.identity[photos])[1])[0] for label, x in (conditions or {}).items()
+    }
     return OpenSetCalibration(
         far_thresholds=table,
         comparisons_per_face=per_size,
         measured_far=measured,
         source=f"benchmarks/open_set.py calibration split: {len(names)} LFW people (folds 1-9, name hash 0 mod 3), "
-        f"{len(photos)} photos, {impostors.size} different-person pairs",
+        f"{len(photos)} photos, {impostors.size} different-person pairs"
+        + ("; grey: the same photos in grey (benchmarks/open_set.py in_condition)" if by_condition else ""),
+        condition_thresholds=by_condition,
     )
 
 
@@ -495,9 +635,17 @@ def fit_open_set(faces: Faces, *, seed: int = 0, repeats: int = 5) -> Any:
 SIZES = (100, 300, 1000, 3000)
 
 
-def gallery_row(gallery: Gallery, outcome: Outcome, cal: Any, targets: Sequence[float], scoring: str) -> dict[str, Any]:
+def gallery_row(
+    gallery: Gallery,
+    outcome: Outcome,
+    cal: Any,
+    targets: Sequence[float],
+    scoring: str,
+    conditions: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """The figures of one gallery: ranks, FNIR at each FPIR (threshold set on these strangers), and the
-    calibrated decision (threshold from the calibration split alone) at each target FPIR."""
+    calibrated decision (threshold from the calibration split alone) at each target FPIR, with each probe's
+    photo condition (``conditions``: labels of the mated probes and of the strangers; None: all colour)."""
     row: dict[str, Any] = {
         "identities": len(set(gallery.labels.tolist())),
         "faces": len(gallery.rows),
@@ -511,13 +659,18 @@ def gallery_row(gallery: Gallery, outcome: Outcome, cal: Any, targets: Sequence[
     for fpir in FPIRS:
         t = threshold_at_far(outcome.stranger, fpir)
         row["fnir_at_fpir"][f"{fpir:g}"] = {"threshold": round(t, 4), "fnir": round(fnir_at(outcome, t), 4)}
+    mated_conditions, stranger_conditions = conditions or (
+        np.full(len(outcome.mate_top), ""),
+        np.full(len(outcome.stranger), ""),
+    )
     for target in targets:
         compared = row["identities"] if scoring == "mean" else row["faces"]  # what the service calibrates with
         t = cal.threshold(compared, target)
+        ok = (outcome.mate_rank == 0) & (outcome.mate_top >= bars(cal, mated_conditions, compared, target))
         row["calibrated"][f"{target:g}"] = {
             "threshold": round(t, 4),
-            "fpir": round(fpir_at(outcome, t), 5),
-            "fnir": round(fnir_at(outcome, t), 4),
+            "fpir": round(float((outcome.stranger >= bars(cal, stranger_conditions, compared, target)).mean()), 5),
+            "fnir": round(float(1.0 - ok.mean()), 4),
         }
     return row
 
@@ -574,6 +727,9 @@ def enrolment_run(
     plan = enrolment_plan(faces, split=split, photos=photos)
     names, rows, held, lab = plan.names, plan.rows, plan.held, plan.labels
     x = faces.x[rows]
+    conditions = faces.conditions()
+    cal_of = {str(c): cal.under(str(c) or None) for c in np.unique(conditions)}
+    row_cal = [cal_of[str(conditions[r])] for r in rows]
     accepted = np.zeros(len(rows), dtype=bool)
     conflict = np.zeros(len(rows), dtype=bool)
     mismatch = np.zeros(len(rows), dtype=bool)
@@ -589,7 +745,7 @@ def enrolment_run(
             i = start + r
             prior = accepted[:i]
             other, score = _best_other(block[r, :i], prior, lab[:i], lab[i], means, x[i], identity_score)
-            if other >= 0 and score >= cal.threshold(int(prior.sum()), conflict_fpir):
+            if other >= 0 and score >= row_cal[i].threshold(int(prior.sum()), conflict_fpir):
                 conflict[i] = True
                 refusals.append((str(faces.identity[rows[i]]), names[other], round(score, 4)))
                 continue
@@ -600,18 +756,21 @@ def enrolment_run(
             accepted[i] = True
             if other >= 0:
                 rival[i], rival_of[i] = score, other
-                bar[i] = _identify_bar(cal, means, prior, identity_score, target_fpir)
+                bar[i] = _identify_bar(row_cal[i], means, prior, identity_score, target_fpir)
             means.add(int(lab[i]), x[i])
     warned = _warned(x, lab, accepted, rival, bar)
     warnings = [(str(faces.identity[rows[i]]), names[rival_of[i]], round(rival[i], 4)) for i in np.flatnonzero(warned)]
     enrolled = np.unique(lab[accepted])
-    t_conflict = cal.threshold(int(accepted.sum()), conflict_fpir)
-    t_warn = _identify_bar(cal, means, accepted, identity_score, target_fpir)
     tried = [k for k in held if k in set(enrolled.tolist())]
-    hits = search(x[accepted], lab[accepted], faces.x[[held[k] for k in tried]], 1, identity_score, faces.parts)
-    caught = [h[0].identity_id == k and h[0].score >= t_conflict for k, h in zip(tried, hits, strict=True)]
-    named = [h[0].identity_id == k and h[0].score >= min(t_warn, t_conflict) for k, h in zip(tried, hits, strict=True)]
-    wrong = [h[0].identity_id != k and h[0].score >= t_conflict for k, h in zip(tried, hits, strict=True)]
+    held_rows = [held[k] for k in tried]
+    t_conflict = bars(cal, conditions[held_rows], int(accepted.sum()), conflict_fpir)
+    compared = int(means.enrolled.sum()) if identity_score == "mean" else int(accepted.sum())
+    t_warn = np.minimum(bars(cal, conditions[held_rows], compared, target_fpir), t_conflict)
+    hits = search(x[accepted], lab[accepted], faces.x[held_rows], 1, identity_score, faces.parts)
+    top = [(h[0].identity_id, h[0].score) for h in hits]
+    caught = [who == k and score >= t for k, (who, score), t in zip(tried, top, t_conflict, strict=True)]
+    named = [who == k and score >= t for k, (who, score), t in zip(tried, top, t_warn, strict=True)]
+    wrong = [who != k and score >= t for k, (who, score), t in zip(tried, top, t_conflict, strict=True)]
     firsts = np.array([rows[int(np.flatnonzero(lab == k)[0])] for k in enrolled])
     shuffled = np.random.default_rng(1).permutation(len(firsts))
     impostor = np.einsum("ij,ij->i", faces.x[firsts], faces.x[firsts[shuffled]])[shuffled != np.arange(len(firsts))]
@@ -632,7 +791,7 @@ def enrolment_run(
         "people_warned": len(person_warned),
         "warning_rate": round(len(person_warned) / len(names), 5),
         "warnings": warnings[:60],
-        "conflict_threshold_at_end": round(t_conflict, 4),
+        "conflict_threshold_at_end": round(cal.threshold(int(accepted.sum()), conflict_fpir), 4),
         "reenrolled": len(tried),
         "reenrol_caught": round(float(np.mean(caught)), 4),
         "reenrol_named": round(float(np.mean(named)), 4),
@@ -733,7 +892,10 @@ def evaluate_view(
             label = {n: i for i, n in enumerate(chosen)}
             labels = np.array([label.get(str(faces.identity[r]), -1) for r in strangers])
             outcome = run_gallery(faces, gallery, strangers, labels, scoring)
-            row = gallery_row(gallery, outcome, cal, targets, scoring)
+            conditions = faces.conditions()
+            row = gallery_row(
+                gallery, outcome, cal, targets, scoring, (conditions[gallery.mated], conditions[strangers])
+            )
             out["galleries"].append({"photos_per_person": photos, "identity_score": scoring, **row})
     return out
 
@@ -767,7 +929,7 @@ def library(
     for view in views:
         started = time.perf_counter()
         faces = load_view(cache, view)
-        cal = fit_open_set(faces)
+        cal = fit_open_set(faces, conditions=condition_vectors(cache, view, faces))
         result = {
             "calibration": cal.model_dump(),
             **evaluate_view(faces, cal, sizes=sizes, targets=targets),
@@ -851,7 +1013,7 @@ def write_card(
     from embedding.embedder import read_card  # noqa: PLC0415
 
     faces = load_view(cache, view)
-    cal = fit_open_set(faces)
+    cal = fit_open_set(faces, conditions=condition_vectors(cache, view, faces))
     genuine = genuine_scores(faces, "calibration")
     fars = [f for f in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5) if f >= cal.measured_far]
     thresholds = {f"{far:.0e}".replace("e-0", "e-"): round(cal.threshold_at_far(far), 4) for far in fars}

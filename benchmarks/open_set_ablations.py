@@ -9,9 +9,11 @@
   every photo but their last at once; a person counts as refused when one of their photos scores at or above the
   bar against someone else, and the bar is set for each rule at the same share of people refused), so only a
   comparison between rules, not the service's figures.
-- ``conditions``: how far different people's scores rise when photos are grey, or grey and at half resolution
-  (as AT&T's 92x112 faces are): the calibration split's photos re-embedded from the cached landmarks, their
-  different-person score at FAR 1e-3, 1e-4 and 1e-5 against the colour photos' (the 1:N bars rest on that tail).
+- ``conditions``: how far different people's scores rise when photos are grey, or taken from farther away (fewer
+  px between the eyes: AT&T's 92x112 faces have 33, LFW's 41): the calibration split's photos re-embedded from the
+  cached landmarks (`open_set.in_condition`), their different-person score at FAR 1e-3, 1e-4 and 1e-5 against the
+  colour photos' (the 1:N bars rest on that tail). Grey moved it enough for the card to carry a grey table
+  (`open_set.condition_vectors`); resolution down to 20 px did not.
 
     python -m benchmarks.open_set_ablations projections [--view dlib_sface]
     python -m benchmarks.open_set_ablations identity-scores [--view dlib_sface]
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,56 +237,36 @@ def identity_scores(view: str, cache: Path) -> dict[str, object]:
 # --- conditions -------------------------------------------------------------------------------------------
 
 
-def grey(crop: np.ndarray, *, scale: float = 1.0) -> np.ndarray:
-    """An RGB crop uint8 (h, w, 3) as grey (ITU-R 601 luma in all three channels), first shrunk to ``scale`` of
-    its size and enlarged back when ``scale`` < 1 (a lower-resolution photo of the same face)."""
-    from PIL import Image  # noqa: PLC0415
-
-    image = Image.fromarray(crop).convert("L")
-    if scale < 1:
-        small = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BOX)
-        image = small.resize(image.size, Image.Resampling.BILINEAR)
-    return np.repeat(np.asarray(image)[:, :, None], 3, axis=2)
-
-
 def impostor_tail(x: np.ndarray, identity: np.ndarray, fars: Sequence[float] = (1e-3, 1e-4, 1e-5)) -> dict[str, float]:
     """Different-person score at each FAR among unit rows ``x`` (N, D) of people ``identity`` (N,)."""
     impostors = np.sort(cross_scores(x, identity)[1])[::-1]
     return {f"{far:g}": round(float(impostors[int(far * len(impostors))]), 4) for far in fars}
 
 
-def conditions(view: str, cache: Path) -> dict[str, object]:
-    """The calibration split's photos (LFW, up to `open_set.PHOTOS_PER_STRANGER` per person) in colour, grey, and
-    grey at half resolution, through the served model ``view`` (one of `open_set.EMBEDDERS`)."""
-    from embedding.facepath import decode, model_face  # noqa: PLC0415
+RESOLUTIONS = (32.0, 26.0, 20.0)
+"""Inter-eye distances (px) the `conditions` experiment shrinks the calibration split's photos to."""
 
+
+def conditions(view: str, cache: Path) -> dict[str, object]:
+    """The different-person score tail of the calibration split's photos (LFW, up to
+    `open_set.PHOTOS_PER_STRANGER` per person) through the served model ``view``, as taken (colour) and as a grey
+    camera and/or one farther away would take them (`open_set.in_condition`: `RESOLUTIONS` px between the eyes)."""
     faces = open_set.load_view(cache, view)
     names, rows = open_set._by_identity(faces, "calibration")
     photos = open_set.probe_photos(faces, names, rows)
-    lfw = open_set.DATASETS[0]
-    meta = np.load(open_set.cache_file(cache, lfw.name, "faces"))  # LFW's rows come first in every view
+    ied = open_set.photo_conditions(cache).inter_eye_px[photos]
     spec = next(s for s in open_set.EMBEDDERS if s.name == view)
-    with tempfile.TemporaryDirectory() as tmp:
-        embedder = open_set.load_unflipped(spec, Path(tmp))
-        crops = [
-            model_face(
-                decode((lfw.root / str(meta["image"][r])).read_bytes(), max_pixels=50_000_000),
-                meta[spec.landmarks][r],
-                embedder.card.input,
-            )
-            for r in photos
-        ]
-        variants = {
-            "colour": crops,
-            "grey": [grey(c) for c in crops],
-            "grey, half resolution": [grey(c, scale=0.5) for c in crops],
-        }
-        vectors = {
-            k: np.concatenate([embedder.embed(v[i : i + 64]) for i in range(0, len(v), 64)])
-            for k, v in variants.items()
-        }
-    results: dict[str, object] = {"photos": len(photos)}
-    for name, x in vectors.items():
+    results: dict[str, object] = {
+        "photos": len(photos),
+        "inter_eye_px_percentiles_5_25_50_75_95": np.percentile(ied, [5, 25, 50, 75, 95]).round(1).tolist(),
+    }
+    print(results, flush=True)
+    variants = (
+        [(False, None), (True, None)] + [(True, px) for px in RESOLUTIONS] + [(False, px) for px in RESOLUTIONS[1:]]
+    )
+    for grey_photo, px in variants:
+        x = open_set.embed_in_condition(spec, cache, photos, grey=grey_photo, inter_eye_px=px)
+        name = ("grey" if grey_photo else "colour") + (f", {px:g} px" if px else "")
         results[name] = impostor_tail(x, faces.identity[photos])
         print(name, results[name], flush=True)
     return results

@@ -32,7 +32,8 @@ from embedding.card import InputSpec
 from embedding.detect import DetectedFace, Detector, DlibDetector, DlibLandmarks
 from embedding.errors import ImageError
 from embedding.image import decode_image
-from embedding.quality import Failure, QualityReport, QualitySettings, assess, assess_image
+from embedding.openset import condition_of
+from embedding.quality import Failure, QualityReport, QualitySettings, assess, assess_image, chroma_of
 from embedding.yunet import YuNetDetector
 
 DetectorKind = Literal["yunet", "hog", "cnn"]
@@ -108,6 +109,13 @@ class FaceImage:
         if self.source is not None and self.detection is not None:
             return model_face(self.source, self.detection.landmarks, spec)
         return model_face(self.image, CANONICAL.continuous_points(), spec)
+
+    def condition(self) -> str | None:
+        """The photo condition this face is decided in (`embedding.openset.condition_of`): grey from the face
+        region's chroma (the whole image's without a detection)."""
+        if self.quality is not None and self.quality.face is not None:
+            return condition_of(self.quality.chroma)
+        return condition_of(chroma_of(self.image.astype(np.float64)))
 
     def detection_record(self) -> dict[str, Any] | None:
         """Detector, box, landmarks, score and quality measures, for the database and API answers."""

@@ -13,15 +13,45 @@ threshold for a target FPIR at the gallery's current size. `OpenSetCalibration` 
 by FAR (measured down to `measured_far`, then extrapolated along the exponential tail fitted below it) and k by
 gallery size, measured on galleries of several sizes by `benchmarks/open_set.py` (interpolated in log-log between
 them; beyond the largest, k stays at its last value, so the modelled FPIR keeps growing with N).
+
+Grey photos (a black-and-white or near-infrared camera) score higher against strangers than the calibration data's
+colour photos. A card may carry one more table of F per `CONDITIONS` entry, measured on the same photos in that
+condition; a face in it (`condition_of`) is decided with its table (`OpenSetCalibration.under`), so the FPIR target
+holds for it too. (Low resolution was measured too and moves the tail by no more than the noise: no table.)
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from typing import Final
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GREY: Final = "grey"
+CONDITIONS: Final[tuple[str, ...]] = (GREY,)
+"""The photo conditions a card may carry impostor tables for (colour photos need none: they are the calibration's)."""
+
+GREY_CHROMA: Final = 3.0
+"""A face whose mean chroma (`embedding.quality.QualityReport.chroma`, 0-255) is below this is grey: a grey JPEG
+decodes with equal channels (0), a black-and-white photo stored in colour keeps a few levels of compression noise,
+and colour faces measure 10 or more."""
+
+
+def condition_of(chroma: float) -> str | None:
+    """The `CONDITIONS` label of a face of mean ``chroma`` (None: colour): grey below `GREY_CHROMA`."""
+    return GREY if chroma < GREY_CHROMA else None
+
+
+def _check_table(table: dict[str, float], what: str) -> None:
+    points = sorted((float(k), v) for k, v in table.items())
+    if len(points) < 2:
+        raise ValueError(f"{what} needs at least two points")
+    if any(not 0 < far < 1 for far, _ in points):
+        raise ValueError(f"{what} keys must be FARs in (0, 1)")
+    if any(b[1] >= a[1] for a, b in itertools.pairwise(points)):
+        raise ValueError(f"{what}: thresholds must fall as the FAR rises")
 
 
 class OpenSetCalibration(BaseModel):
@@ -30,6 +60,7 @@ class OpenSetCalibration(BaseModel):
     `far_thresholds`: FAR label ("1e-3") -> 1:1 threshold, at least two, FARs strictly decreasing as thresholds
     rise. `comparisons_per_face`: gallery faces ("1000") -> k, at least one. `measured_far`: the smallest FAR
     measured directly (smaller ones are the fitted tail). `source`: the data it was measured on.
+    `condition_thresholds`: `CONDITIONS` label -> a table like `far_thresholds` for faces in that condition.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -38,19 +69,26 @@ class OpenSetCalibration(BaseModel):
     comparisons_per_face: dict[str, float] = Field(min_length=1)
     measured_far: float = Field(gt=0, le=1)
     source: str = ""
+    condition_thresholds: dict[str, dict[str, float]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _monotone(self) -> OpenSetCalibration:
-        points = sorted((float(k), v) for k, v in self.far_thresholds.items())
-        if len(points) < 2:
-            raise ValueError("far_thresholds needs at least two points")
-        if any(not 0 < far < 1 for far, _ in points):
-            raise ValueError("far_thresholds keys must be FARs in (0, 1)")
-        if any(b[1] >= a[1] for a, b in itertools.pairwise(points)):
-            raise ValueError("thresholds must fall as the FAR rises")
+        _check_table(self.far_thresholds, "far_thresholds")
         if any(int(n) < 1 or k <= 0 for n, k in self.comparisons_per_face.items()):
             raise ValueError("comparisons_per_face maps gallery sizes >= 1 to k > 0")
+        for condition, table in self.condition_thresholds.items():
+            if condition not in CONDITIONS:
+                raise ValueError(f"unknown condition {condition!r}: one of {', '.join(CONDITIONS)}")
+            _check_table(table, f"condition_thresholds[{condition!r}]")
         return self
+
+    def under(self, condition: str | None) -> OpenSetCalibration:
+        """This calibration for faces in ``condition`` (a `CONDITIONS` label): its table in place of
+        `far_thresholds` when the card carries one, else unchanged (None, or a card without that table)."""
+        table = self.condition_thresholds.get(condition or "")
+        if table is None:
+            return self
+        return self.model_copy(update={"far_thresholds": table, "condition_thresholds": {}})
 
     def comparisons(self, gallery_faces: int) -> float:
         """k x N: the effective number of independent impostor comparisons against ``gallery_faces`` faces."""

@@ -142,6 +142,7 @@ class QualityReport:
     brightness: float = 0.0
     dark_fraction: float = 0.0
     clipped_fraction: float = 0.0
+    chroma: float = 0.0
     failures: list[Failure] = field(default_factory=list)
 
     @property
@@ -167,6 +168,7 @@ class QualityReport:
             "brightness": round(self.brightness, 2),
             "dark_fraction": round(self.dark_fraction, 4),
             "clipped_fraction": round(self.clipped_fraction, 4),
+            "chroma": round(self.chroma, 2),
         }
 
 
@@ -189,12 +191,26 @@ def pose_from_landmarks(landmarks: np.ndarray) -> tuple[float, float, float]:
     return roll, yaw, pitch
 
 
+def face_region(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """float64 (h, w, 3) RGB of the central face region of the 112x112 ArcFace-aligned crop."""
+    crop = align_face(image, landmarks, template=ARCFACE_112, size=(QUALITY_CROP_SIZE, QUALITY_CROP_SIZE))
+    top, bottom, left, right = (round(v * QUALITY_CROP_SIZE) for v in _INNER)
+    return np.asarray(crop[top:bottom, left:right], dtype=np.float64)
+
+
+def luma_of(region: np.ndarray) -> np.ndarray:
+    """float64 (h, w) luma (0-255) of an RGB region (h, w, 3)."""
+    return np.asarray(region @ np.asarray(LUMA_WEIGHTS, dtype=np.float64), dtype=np.float64)
+
+
+def chroma_of(region: np.ndarray) -> float:
+    """Mean spread between the largest and smallest channel (0-255) of an RGB region (h, w, 3): 0 for grey."""
+    return float((region.max(axis=2) - region.min(axis=2)).mean()) if region.size else 0.0
+
+
 def quality_crop(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """float64 (h, w) luma (0-255) of the central face region of the 112x112 ArcFace-aligned crop."""
-    crop = align_face(image, landmarks, template=ARCFACE_112, size=(QUALITY_CROP_SIZE, QUALITY_CROP_SIZE))
-    luma = crop.astype(np.float64) @ np.asarray(LUMA_WEIGHTS, dtype=np.float64)
-    top, bottom, left, right = (round(v * QUALITY_CROP_SIZE) for v in _INNER)
-    return np.asarray(luma[top:bottom, left:right], dtype=np.float64)
+    return luma_of(face_region(image, landmarks))
 
 
 def sharpness_of(grey: np.ndarray) -> float:
@@ -224,7 +240,8 @@ def assess(image: np.ndarray, face: DetectedFace, settings: QualitySettings | No
     ied = face.inter_eye_distance
     face_px = min(face.width, face.height)
     roll, yaw, pitch = pose_from_landmarks(face.landmarks)
-    grey = quality_crop(rgb, face.landmarks)
+    region = face_region(rgb, face.landmarks)
+    grey = luma_of(region)
     sharp = sharpness_of(grey)
     brightness = float(grey.mean())
     dark = float(np.mean(grey < 20.0))
@@ -279,6 +296,7 @@ def assess(image: np.ndarray, face: DetectedFace, settings: QualitySettings | No
         brightness=brightness,
         dark_fraction=dark,
         clipped_fraction=clipped,
+        chroma=chroma_of(region),
         failures=failures,
     )
 

@@ -20,6 +20,7 @@ from embedding.card import ModelCard
 from embedding.embedder import read_card, sface_model_path
 from embedding.onnx_embedder import graph_sha256, write_onnx_card
 from embedding.onnx_quant import ZOO_PACKAGE
+from embedding.openset import GREY_CHROMA, OpenSetCalibration
 from embedding.sface import SFACE_FILE, SFACE_INPUT, SFACE_SHA256, sface_graph
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,6 +127,7 @@ def render(card: ModelCard, *, intro: Sequence[str] = INTRO) -> str:
             f"k by gallery size: {open_set.comparisons_per_face}. 1:1 table measured down to FAR "
             f"{open_set.measured_far:g}, extrapolated below along its exponential tail.",
             "",
+            *_condition_lines(open_set),
         ]
     if ev:
         lines += [
@@ -147,6 +149,33 @@ def render(card: ModelCard, *, intro: Sequence[str] = INTRO) -> str:
     lines += _enrolment_lines(card.metrics)
     lines += ["## Notes", "", card.notes, ""]
     return "\n".join(lines)
+
+
+def _condition_lines(open_set: OpenSetCalibration) -> list[str]:
+    """The photo-condition tables (grey, low resolution) beside the colour one, at the FARs they share."""
+    if not open_set.condition_thresholds:
+        return []
+    names = list(open_set.condition_thresholds)
+    fars = [
+        f
+        for f in open_set.far_thresholds
+        if float(f) >= 1e-6 and all(f in open_set.condition_thresholds[n] for n in names)
+    ]
+    return [
+        f"Photo conditions: a grey face (mean chroma below {GREY_CHROMA:g} of 255: a black-and-white or infrared "
+        "photo) is decided with its own impostor table (identify and the conflict check), measured on the same "
+        "calibration photos in grey:",
+        "",
+        "| FAR | colour | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+        *[
+            f"| {float(f):.0e} | {open_set.far_thresholds[f]:.4f} | "
+            + " | ".join(f"{open_set.condition_thresholds[n][f]:.4f}" for n in names)
+            + " |"
+            for f in fars
+        ],
+        "",
+    ]
 
 
 def _photos(e: dict[str, Any]) -> str:

@@ -97,13 +97,14 @@ class Lookalike:
 @dataclass(frozen=True)
 class Decision:
     """The threshold a decision used and where it came from: "request", "setting" (FACEDB_THRESHOLD),
-    "calibrated" (1:N at ``target_fpir`` for ``gallery_size`` identities or faces) or "model" (the card's 1:1
-    default)."""
+    "calibrated" (1:N at ``target_fpir`` for ``gallery_size`` identities or faces, with the card's table for the
+    face's photo ``condition``, `embedding.openset.CONDITIONS`) or "model" (the card's 1:1 default)."""
 
     threshold: float
     source: Literal["request", "setting", "calibrated", "model"]
     target_fpir: float | None = None
     gallery_size: int | None = None
+    condition: str | None = None
 
 
 class FaceService:
@@ -559,7 +560,7 @@ class FaceService:
         name another identity for it (at identify's threshold, below the conflict bar) goes to ``lookalikes``."""
         hits: list[list[Hit]] = [[] for _ in kept]
         refs: dict[int, Identity] = {}
-        t_conflict = self._conflict_threshold(serving, identity.gallery_id)
+        t_conflicts = [self._conflict_threshold(serving, identity.gallery_id, face) for _, _, face in kept]
         if screen.conflict:
             with self._stage("search"):
                 hits = serving.indexes.search(identity.gallery_id, x, 2)
@@ -568,7 +569,7 @@ class FaceService:
         t_mismatch = self._mismatch_threshold(serving)
         own = crud.identity_embeddings(session, identity_id=identity.id, model_version_id=serving.model.id)
         keep: list[int] = []
-        for i, row in enumerate(hits):
+        for i, (row, t_conflict) in enumerate(zip(hits, t_conflicts, strict=True)):
             filename = kept[i][0].filename
             clash = next((h for h in row if h.identity_id != identity.id and h.score >= t_conflict), None)
             if clash is not None:
@@ -581,7 +582,9 @@ class FaceService:
             keep.append(i)
             own = np.vstack([own.reshape(-1, x.shape[1]), x[i : i + 1]])
         if self.settings.possible_duplicate_warnings:
-            t_warn = self._identify_threshold(serving, identity.gallery_id, None).threshold
+            t_warn = [
+                self._identify_threshold(serving, identity.gallery_id, None, face=f).threshold for _, _, f in kept
+            ]
             lookalikes += _lookalikes(identity.id, hits, refs, keep, own, x, t_warn)
         return keep
 
@@ -617,16 +620,15 @@ class FaceService:
         self._check_threshold(threshold)
         with self.db.read() as session:
             g = self._gallery(session, gallery)
-        decision = self._identify_threshold(serving, g.id, threshold)
-        t = decision.threshold
         faces = self._probe_faces(upload, detect=detect)[:n_max]
+        decisions = [self._identify_threshold(serving, g.id, threshold, face=f) for f in faces]
         x = self._embed_faces(serving.embedder, faces) if faces else None
         with self._stage("search"):
             hits = serving.indexes.search(g.id, x, k) if x is not None else []
         with self.db.read() as session:
             refs = crud.identity_refs(session, identity_ids=[h.identity_id for row in hits for h in row])
         results = []
-        for face, row in zip(faces, hits, strict=True):
+        for face, row, decision in zip(faces, hits, decisions, strict=True):
             candidates = [
                 schemas.Candidate(
                     identity=schemas.IdentityRef(id=r.id, external_id=r.external_id, display_name=r.display_name),
@@ -636,18 +638,27 @@ class FaceService:
                 for h in row
                 if (r := refs.get(h.identity_id)) is not None  # deleted between search and lookup
             ]
-            match = candidates[0] if candidates and candidates[0].score >= t else None
+            match = candidates[0] if candidates and candidates[0].score >= decision.threshold else None
             results.append(
-                schemas.FaceResult(face=_face_box(face), quality=_quality(face), candidates=candidates, match=match)
+                schemas.FaceResult(
+                    face=_face_box(face),
+                    quality=_quality(face),
+                    candidates=candidates,
+                    match=match,
+                    threshold=decision.threshold,
+                    condition=decision.condition,
+                )
             )
         first = results[0] if results else None
+        decision = decisions[0] if decisions else self._identify_threshold(serving, g.id, threshold)
         return schemas.IdentifyPublic(
             gallery=gallery,
             model_version=serving.model.label,
-            threshold=t,
+            threshold=decision.threshold,
             threshold_source=decision.source,
             target_fpir=decision.target_fpir,
             gallery_size=decision.gallery_size,
+            condition=decision.condition,
             candidates=first.candidates if first else [],
             match=first.match if first else None,
             faces=results,
@@ -795,8 +806,11 @@ class FaceService:
             return self.settings.threshold
         return serving.model.default_threshold
 
-    def _identify_threshold(self, serving: Serving, gallery_id: int, threshold: float | None) -> Decision:
-        """1:N: the request's threshold, FACEDB_THRESHOLD, or the one for FACEDB_TARGET_FPIR at the gallery's size."""
+    def _identify_threshold(
+        self, serving: Serving, gallery_id: int, threshold: float | None, *, face: FaceImage | None = None
+    ) -> Decision:
+        """1:N: the request's threshold, FACEDB_THRESHOLD, or the one for FACEDB_TARGET_FPIR at the gallery's size,
+        from the card's table for ``face``'s photo condition (grey) where it carries one."""
         if threshold is not None:
             return Decision(threshold, "request")
         if self.settings.threshold is not None:
@@ -805,26 +819,38 @@ class FaceService:
             return Decision(serving.model.default_threshold, "model")
         n = serving.indexes.gallery_size(gallery_id)
         fpir = self.settings.target_fpir
-        return Decision(serving.open_set.threshold(n, fpir), "calibrated", target_fpir=fpir, gallery_size=n)
+        condition, cal = _conditioned(serving.open_set, face)
+        return Decision(cal.threshold(n, fpir), "calibrated", target_fpir=fpir, gallery_size=n, condition=condition)
 
-    def _conflict_threshold(self, serving: Serving, gallery_id: int) -> float:
+    def _conflict_threshold(self, serving: Serving, gallery_id: int, face: FaceImage | None = None) -> float:
         """Enrolment's bar for "this face is another identity": 1:N at FACEDB_CONFLICT_FPIR for every *face* of the
         gallery, even where identities score by the mean of their faces.
 
         Scoring by the mean names a person more surely than their best face does (re-enrolments caught: 90.6%
         against 89.3% at the same 0.33% refusals, benchmarks/README.md), but a bar set for the people compared is
         lower than one set for their faces: with AT&T's 40 people of 10 photos it called two of them one person.
-        The faces' count keeps the bar where a face-by-face check had it."""
+        The faces' count keeps the bar where a face-by-face check had it. A grey ``face`` gets the card's grey
+        table, as identify does."""
         if serving.open_set is None:
             return serving.model.default_threshold
         faces = serving.indexes.gallery_size(gallery_id, by="best")
-        return serving.open_set.threshold(faces, self.settings.conflict_fpir)
+        return _conditioned(serving.open_set, face)[1].threshold(faces, self.settings.conflict_fpir)
 
     def _mismatch_threshold(self, serving: Serving) -> float:
         """Enrolment's bar for "this face is the identity it is added to": 1:1 at FACEDB_MISMATCH_FAR."""
         if serving.open_set is None:
             return serving.model.default_threshold
         return serving.open_set.threshold_at_far(self.settings.mismatch_far)
+
+
+def _conditioned(cal: OpenSetCalibration, face: FaceImage | None) -> tuple[str | None, OpenSetCalibration]:
+    """(condition, calibration for it) of a probe face: the card's table for a grey photo where it carries one."""
+    if face is None:
+        return None, cal
+    condition = face.condition()
+    if condition not in cal.condition_thresholds:
+        return None, cal
+    return condition, cal.under(condition)
 
 
 def _conflict(filename: str, clash: Hit, other: Identity | None, threshold: float) -> schemas.RejectedFile:
@@ -847,21 +873,21 @@ def _lookalikes(
     keep: list[int],
     own: np.ndarray,
     x: np.ndarray,
-    threshold: float,
+    thresholds: Sequence[float],
 ) -> list[Lookalike]:
     """The kept faces (positions ``keep`` in ``x``) whose best other identity in ``hits`` scores at or above
-    ``threshold`` (identify's) and above every other face of their own identity (``own`` (M, D): its faces, this
-    request's kept ones last), so that a person enrolled with several photos is warned about only where a photo
-    looks more like someone else than like any of theirs."""
+    their ``thresholds`` (identify's, one per face of ``x``) and above every other face of their own identity
+    (``own`` (M, D): its faces, this request's kept ones last), so that a person enrolled with several photos is
+    warned about only where a photo looks more like someone else than like any of theirs."""
     first = len(own) - len(keep)
     out: list[Lookalike] = []
     for n, i in enumerate(keep):
         other = next((h for h in hits[i] if h.identity_id != identity_id), None)
-        if other is None or other.score < threshold:
+        if other is None or other.score < thresholds[i]:
             continue
         mine = np.delete(own, first + n, axis=0)
         if len(mine) == 0 or other.score > float((mine @ x[i]).max()):
-            out.append(Lookalike(i, other, refs.get(other.identity_id), threshold))
+            out.append(Lookalike(i, other, refs.get(other.identity_id), thresholds[i]))
     return out
 
 

@@ -190,12 +190,20 @@ class FaceResult(BaseModel):
     quality: QualityPublic | None
     candidates: list[Candidate] = Field(description="Distinct identities, best first.")
     match: Candidate | None = Field(description="The top candidate if its score >= threshold, else null.")
+    threshold: float | None = Field(
+        default=None, description="This face's threshold (a grey photo has its own: `condition`)."
+    )
+    condition: str | None = Field(
+        default=None,
+        description="The photo condition whose calibration set this face's threshold (grey: a black-and-white or "
+        "infrared photo); null: the model card's own (colour) table.",
+    )
 
 
 class IdentifyPublic(BaseModel):
     gallery: str
     model_version: str
-    threshold: float = Field(description="`match` means the top candidate's score is >= this.")
+    threshold: float = Field(description="`match` means the largest face's top candidate's score is >= this.")
     threshold_source: Literal["request", "setting", "calibrated", "model"] = Field(
         description="request: the request's `threshold`; setting: FACEDB_THRESHOLD; calibrated: set for "
         "`target_fpir` against `gallery_size` from the model card's 1:N calibration; model: the card's 1:1 "
@@ -207,6 +215,9 @@ class IdentifyPublic(BaseModel):
     gallery_size: int | None = Field(
         description="What the probe was compared with when the threshold was set: the gallery's identities "
         "(FACEDB_IDENTITY_SCORE=mean, the default) or faces (best)."
+    )
+    condition: str | None = Field(
+        default=None, description="The largest face's photo condition, when its calibration set `threshold`."
     )
     candidates: list[Candidate] = Field(description="The largest face's candidates: distinct identities, best first.")
     match: Candidate | None = Field(description="The largest face's decision: its top candidate if >= threshold.")

@@ -3,17 +3,19 @@ conflict check (near-certain duplicates only, atomic) and the mismatch check, on
 
 from __future__ import annotations
 
+import io
 import threading
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from index.gallery import Hit
 from service.core import _lookalikes
 from service.settings import Settings
-from tests.conftest import ATT, admin_client, att_image, require_data
+from tests.conftest import ATT, DATA_ROOT, admin_client, att_image, require_data
 
 G = "/v1/galleries/default"
 
@@ -171,8 +173,56 @@ def test_a_person_enrolled_with_several_photos_is_warned_of_only_where_a_photo_l
     x = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])  # this request's three photos of identity 7
     own = x.copy()  # identity 7 had no faces before; all three were kept
     hits = [[Hit(3, 30, 0.9)], [Hit(7, 70, 0.95), Hit(3, 30, 0.75)], [Hit(3, 30, 0.85)]]
-    found = _lookalikes(7, hits, {}, [0, 1, 2], own, x, threshold=0.7)
+    found = _lookalikes(7, hits, {}, [0, 1, 2], own, x, thresholds=[0.7] * 3)
     # photo 0: its closest own photo scores 0.8 < 0.9; photo 1: 0.8 > 0.75; photo 2: 0.6 < 0.85
     assert [(w.position, w.hit.identity_id, w.threshold) for w in found] == [(0, 3, 0.7), (2, 3, 0.7)]
-    assert _lookalikes(7, hits, {}, [0], own[:1], x, threshold=0.7)[0].position == 0  # alone: no own face to beat
-    assert _lookalikes(7, hits, {}, [0, 1, 2], own, x, threshold=0.95) == []  # below identify's threshold
+    alone = _lookalikes(7, hits, {}, [0], own[:1], x, thresholds=[0.7] * 3)
+    assert alone[0].position == 0  # alone: no own face to beat
+    assert _lookalikes(7, hits, {}, [0, 1, 2], own, x, thresholds=[0.95] * 3) == []  # below identify's threshold
+
+
+def _lfw(name: str, n: int, *, grey: bool = False) -> tuple[str, tuple[str, bytes, str]]:
+    path = require_data(DATA_ROOT / "lfw" / "images") / name / f"{name}_{n:04d}.jpg"
+    data = path.read_bytes()
+    if grey:  # the same photo from a black-and-white camera
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("L").save(buf, format="JPEG", quality=95)
+        data = buf.getvalue()
+    return ("image", (path.name, data, "image/jpeg"))
+
+
+def test_a_grey_photo_is_decided_with_the_cards_grey_table(client: TestClient) -> None:
+    """Grey photos score higher against strangers than colour ones, so the card carries a table for them: identify and
+    the conflict check set a grey face's bar from it (at the same gallery size and target), and say so."""
+    ids = {name: _person(client, name) for name in ("Aaron_Peirsol", "Aaron_Sorkin", "Abdullah_Gul")}
+    for name, identity in ids.items():
+        assert _enrol(client, identity, _lfw(name, 1)).status_code == 201
+    serving = client.app.state.runtime.service.serving  # type: ignore[attr-defined]
+    cal = serving.open_set
+    assert cal is not None and "grey" in cal.condition_thresholds, "the default card carries a grey table"
+    target = client.app.state.settings.target_fpir  # type: ignore[attr-defined]
+
+    def identify(photo: tuple[str, Any]) -> dict[str, Any]:
+        r = client.post(f"{G}/identify", files=[photo])
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    colour, grey = identify(_lfw("Aaron_Peirsol", 2)), identify(_lfw("Aaron_Peirsol", 2, grey=True))
+    assert colour["condition"] is None and colour["faces"][0]["condition"] is None
+    assert colour["threshold"] == pytest.approx(cal.threshold(3, target))
+    assert grey["condition"] == "grey" and grey["faces"][0]["condition"] == "grey"
+    assert grey["threshold"] == pytest.approx(cal.under("grey").threshold(3, target))
+    assert grey["faces"][0]["threshold"] == grey["threshold"] > colour["threshold"]
+    assert grey["faces"][0]["quality"]["measures"]["chroma"] < 1 < colour["faces"][0]["quality"]["measures"]["chroma"]
+    for body in (colour, grey):
+        assert body["match"] is not None and body["match"]["identity"]["id"] == ids["Aaron_Peirsol"]
+
+    # the same person's grey photo under a new id: a conflict at the grey bar for the gallery's 3 faces
+    again = _person(client, "someone_new")
+    r = _enrol(client, again, _lfw("Aaron_Peirsol", 2, grey=True))
+    assert r.status_code == 422, r.text
+    rejected = r.json()["error"]["details"]["rejected"][0]
+    assert rejected["code"] == "identity_conflict" and rejected["other_identity"] == ids["Aaron_Peirsol"]
+    conflict_fpir = client.app.state.settings.conflict_fpir  # type: ignore[attr-defined]
+    assert rejected["threshold"] == pytest.approx(cal.under("grey").threshold(3, conflict_fpir))

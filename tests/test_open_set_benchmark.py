@@ -15,13 +15,17 @@ from benchmarks.open_set import (
     CliNote,
     FolderTrees,
     PersonMeans,
+    PhotoConditions,
     _best_other,
     _folders_figures,
     _warned,
+    bars,
+    in_condition,
     parse_enrol_output,
     score_folders,
 )
-from benchmarks.open_set_ablations import Scatter, grey, person_scores, projection
+from benchmarks.open_set_ablations import Scatter, person_scores, projection
+from embedding.openset import OpenSetCalibration
 from index.gallery import Hit
 from scripts.build_sface import _enrolment_lines
 from service.core import Lookalike, _conflict, _mismatch, _possible_duplicate
@@ -212,14 +216,34 @@ def test_person_scores_rules_agree_with_their_definitions() -> None:
     assert np.allclose(heavy[:, 0], q @ x[0], atol=1e-6)  # a zero weight drops a face from its person's mean
 
 
-def test_grey_keeps_the_crop_size_and_half_resolution_loses_the_finest_detail() -> None:
-    checker = np.indices((8, 8)).sum(0) % 2 * 255  # 1 px squares
-    crop = np.stack([checker, np.zeros_like(checker), 255 - checker], axis=2).astype(np.uint8)
-    g = grey(crop)
-    assert g.shape == crop.shape and (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+def test_a_photo_in_a_condition_is_grey_and_shrunk_with_its_landmarks() -> None:
+    checker = np.indices((80, 80)).sum(0) % 2 * 255  # 1 px squares
+    photo = np.stack([checker, np.zeros_like(checker), 255 - checker], axis=2).astype(np.uint8)
+    landmarks = np.array([[20, 30], [60, 30], [40, 45], [25, 60], [55, 60]], dtype=np.float32)  # eyes 40 px apart
+    g, same = in_condition(photo, landmarks, grey=True, inter_eye_px=None)
+    assert g.shape == photo.shape and (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
     assert abs(int(np.ptp(g[..., 0])) - round((0.299 - 0.114) * 255)) <= 1  # red against blue squares, in luma
-    blurred = grey(crop, scale=0.5)[..., 0].astype(int)
-    assert blurred.shape == (8, 8) and np.ptp(blurred[2:-2, 2:-2]) <= 2  # 2x2 boxes average them away
+    assert np.array_equal(same, landmarks)
+    small, moved = in_condition(photo, landmarks, grey=False, inter_eye_px=20.0)
+    assert small.shape == (40, 40, 3) and np.ptp(small[..., 0]) <= 2  # 2x2 boxes average the squares away
+    assert np.allclose(moved, landmarks / 2) and np.linalg.norm(moved[1] - moved[0]) == pytest.approx(20.0)
+    kept, _ = in_condition(photo, landmarks, grey=False, inter_eye_px=60.0)  # never enlarged
+    assert kept.shape == photo.shape
+
+
+def test_each_photo_gets_its_conditions_bar() -> None:
+    cal = OpenSetCalibration(
+        far_thresholds={"1e-2": 0.4, "1e-3": 0.5, "1e-4": 0.6},
+        comparisons_per_face={"1": 1.0},
+        measured_far=1e-4,
+        condition_thresholds={"grey": {"1e-2": 0.45, "1e-3": 0.55, "1e-4": 0.65}},
+    )
+    photos = PhotoConditions(chroma=np.array([20.0, 0.0, 2.0, 40.0]), inter_eye_px=np.array([40.0, 40.0, 20.0, 20.0]))
+    labels = photos.labels()
+    assert labels.tolist() == ["", "grey", "grey", ""]
+    b = bars(cal, labels, 100, 1e-2)
+    assert b[0] == b[3] == pytest.approx(cal.threshold(100, 1e-2))
+    assert b[1] == b[2] == pytest.approx(cal.under("grey").threshold(100, 1e-2)) and b[1] > b[0]
 
 
 def test_a_card_records_a_folders_run_only_of_its_own_model_and_bar(tmp_path: Path) -> None:

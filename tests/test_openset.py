@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from embedding.openset import OpenSetCalibration
+from embedding.openset import OpenSetCalibration, condition_of
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -69,3 +69,42 @@ def test_measured_fpir_follows_the_target_at_every_gallery_size() -> None:
         naive = float((best >= cal.threshold_at_far(1e-2)).mean())  # one 1:1 threshold for every size
         if n >= 100:
             assert naive > 10 * measured
+
+
+def _with_conditions(**extra: object) -> OpenSetCalibration:
+    return OpenSetCalibration.model_validate(
+        {
+            "far_thresholds": {"1e-2": 0.4, "1e-3": 0.5, "1e-4": 0.6},
+            "comparisons_per_face": {"1": 1.0},
+            "measured_far": 1e-4,
+            **extra,
+        }
+    )
+
+
+def test_a_photo_condition_with_its_own_table_is_decided_by_it() -> None:
+    cal = _with_conditions(condition_thresholds={"grey": {"1e-2": 0.42, "1e-3": 0.53, "1e-4": 0.64}})
+    grey = cal.under("grey")
+    assert grey.threshold_at_far(1e-3) == pytest.approx(0.53)
+    assert grey.threshold(100, 1e-2) > cal.threshold(100, 1e-2)
+    assert grey.comparisons(100) == cal.comparisons(100)  # k is the gallery's, whatever the probe's condition
+    assert cal.under(None) is cal  # colour: the card's own table
+    assert _with_conditions().under("grey").threshold(100, 1e-2) == cal.threshold(100, 1e-2)  # no grey table
+
+
+@pytest.mark.parametrize(
+    "tables",
+    [
+        {"sepia": {"1e-2": 0.4, "1e-3": 0.5}},
+        {"grey": {"1e-2": 0.5, "1e-3": 0.4}},
+        {"grey": {"1e-2": 0.5}},
+    ],
+)
+def test_bad_condition_tables_are_refused(tables: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        _with_conditions(condition_thresholds=tables)
+
+
+@pytest.mark.parametrize(("chroma", "label"), [(25.0, None), (3.0, None), (2.9, "grey"), (0.0, "grey")])
+def test_condition_of_a_face(chroma: float, label: str | None) -> None:
+    assert condition_of(chroma) == label

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from embedding.detect import DetectedFace, DlibDetector
+from embedding.openset import GREY_CHROMA
 from embedding.quality import (
     EXTREME_POSE,
     FACE_TOO_SMALL,
@@ -22,10 +24,16 @@ from embedding.quality import (
     QualitySettings,
     assess,
     assess_image,
+    chroma_of,
     pose_from_landmarks,
     sharpness_of,
 )
 from tests.conftest import DATA_ROOT, read_rgb, require_data
+
+
+def read_rgb_bytes(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
 
 SEED = 20240611
 
@@ -49,6 +57,26 @@ def test_good_photo_passes(detector: DlibDetector, photo: np.ndarray) -> None:
     assert 30 < m["inter_eye_px"] < 60
     assert abs(m["roll_deg"]) < 10 and abs(m["yaw_ratio"]) < 0.2
     assert m["sharpness"] > 0.05 and 60 < m["brightness"] < 200
+    assert m["chroma"] > 3 * GREY_CHROMA  # a colour photo
+
+
+@pytest.mark.data
+def test_a_grey_copy_of_a_photo_measures_as_grey(detector: DlibDetector, photo: np.ndarray) -> None:
+    grey = np.asarray(Image.fromarray(photo).convert("L").convert("RGB"))
+    report = assess_image(grey, detector.detect(grey))
+    assert report.chroma < 0.5 < GREY_CHROMA
+    # a black-and-white photo stored as a colour JPEG keeps only compression noise in its channels
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="JPEG", quality=75)
+    again = read_rgb_bytes(buf.getvalue())
+    assert assess_image(again, detector.detect(again)).chroma < GREY_CHROMA
+
+
+def test_chroma_is_the_channel_spread() -> None:
+    region = np.zeros((4, 4, 3))
+    assert chroma_of(region) == 0.0
+    region[..., 0] = 30.0  # red 30 above green and blue everywhere
+    assert chroma_of(region) == pytest.approx(30.0)
 
 
 @pytest.mark.data

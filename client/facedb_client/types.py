@@ -101,6 +101,8 @@ class FaceResult(TypedDict):
     quality: dict[str, Any] | None
     candidates: list[Candidate]
     match: Candidate | None
+    threshold: float | None
+    condition: str | None
 
 
 class Identification(TypedDict):
@@ -110,6 +112,7 @@ class Identification(TypedDict):
     threshold_source: str
     target_fpir: float | None
     gallery_size: int | None
+    condition: str | None
     candidates: list[Candidate]
     match: Candidate | None
     faces: list[FaceResult]
