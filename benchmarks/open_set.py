@@ -253,7 +253,7 @@ def embed(cache: Path, *, workers: int, models: Sequence[str], datasets: Sequenc
 class Faces:
     """Every photo of the shared data under one view: identity (N,) str, split (N,) str, found (N,) bool,
     x float32 (N, D) unit rows (zero where no face was found); parts: a fusion's part dims (None: one model); photo:
-    each photo's condition measures (None: every photo taken as colour at the data's resolution)."""
+    each photo's condition measures (None: every photo taken as colour)."""
 
     identity: np.ndarray
     split: np.ndarray
@@ -342,7 +342,7 @@ def load_view(cache: Path, view: str, datasets: Sequence[str] | None = None) -> 
     )
 
 
-# --- photo conditions: grey, low resolution ---------------------------------------------------------------
+# --- photo conditions ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -533,13 +533,14 @@ def run_gallery(
     return Outcome(ranks, tops, best)
 
 
-def fnir_at(outcome: Outcome, threshold: float) -> float:
-    """Mated searches whose mate is not first with a score >= threshold."""
+def fnir_at(outcome: Outcome, threshold: float | np.ndarray) -> float:
+    """Mated searches whose mate is not first with a score >= threshold (one, or one per mated probe)."""
     ok = (outcome.mate_rank == 0) & (outcome.mate_top >= threshold)
     return float(1.0 - ok.mean())
 
 
-def fpir_at(outcome: Outcome, threshold: float) -> float:
+def fpir_at(outcome: Outcome, threshold: float | np.ndarray) -> float:
+    """Strangers whose best score is >= threshold (one, or one per stranger)."""
     return float((outcome.stranger >= threshold).mean())
 
 
@@ -665,12 +666,10 @@ def gallery_row(
     )
     for target in targets:
         compared = row["identities"] if scoring == "mean" else row["faces"]  # what the service calibrates with
-        t = cal.threshold(compared, target)
-        ok = (outcome.mate_rank == 0) & (outcome.mate_top >= bars(cal, mated_conditions, compared, target))
         row["calibrated"][f"{target:g}"] = {
-            "threshold": round(t, 4),
-            "fpir": round(float((outcome.stranger >= bars(cal, stranger_conditions, compared, target)).mean()), 5),
-            "fnir": round(float(1.0 - ok.mean()), 4),
+            "threshold": round(cal.threshold(compared, target), 4),  # colour photos'; grey ones have their own
+            "fpir": round(fpir_at(outcome, bars(cal, stranger_conditions, compared, target)), 5),
+            "fnir": round(fnir_at(outcome, bars(cal, mated_conditions, compared, target)), 4),
         }
     return row
 
@@ -884,6 +883,7 @@ def evaluate_view(
     names, rows = _by_identity(faces, "evaluation")
     strangers = probe_photos(faces, names, rows)
     out: dict[str, Any] = {"galleries": []}
+    conditions = faces.conditions()
     for photos, scoring in ((1, "best"), (3, "best"), (3, "mean")):
         for size in [s for s in sizes if s < len(names)] + [len(names)]:
             rng = np.random.default_rng(seed + size)
@@ -892,7 +892,6 @@ def evaluate_view(
             label = {n: i for i, n in enumerate(chosen)}
             labels = np.array([label.get(str(faces.identity[r]), -1) for r in strangers])
             outcome = run_gallery(faces, gallery, strangers, labels, scoring)
-            conditions = faces.conditions()
             row = gallery_row(
                 gallery, outcome, cal, targets, scoring, (conditions[gallery.mated], conditions[strangers])
             )
