@@ -254,21 +254,28 @@ def conditions(view: str, cache: Path) -> dict[str, object]:
     faces = open_set.load_view(cache, view)
     names, rows = open_set._by_identity(faces, "calibration")
     photos = open_set.probe_photos(faces, names, rows)
-    ied = open_set.photo_conditions(cache).inter_eye_px[photos]
+    assert faces.photo is not None  # load_view measures every cached photo
     spec = next(s for s in open_set.EMBEDDERS if s.name == view)
     results: dict[str, object] = {
         "photos": len(photos),
-        "inter_eye_px_percentiles_5_25_50_75_95": np.percentile(ied, [5, 25, 50, 75, 95]).round(1).tolist(),
+        "inter_eye_px_percentiles_5_25_50_75_95": np.percentile(faces.photo.inter_eye_px[photos], [5, 25, 50, 75, 95])
+        .round(1)
+        .tolist(),
     }
     print(results, flush=True)
-    variants = (
-        [(False, None), (True, None)] + [(True, px) for px in RESOLUTIONS] + [(False, px) for px in RESOLUTIONS[1:]]
-    )
-    for grey_photo, px in variants:
-        x = open_set.embed_in_condition(spec, cache, photos, grey=grey_photo, inter_eye_px=px)
-        name = ("grey" if grey_photo else "colour") + (f", {px:g} px" if px else "")
+
+    def report(name: str, x: np.ndarray) -> None:
         results[name] = impostor_tail(x, faces.identity[photos])
         print(name, results[name], flush=True)
+
+    # as taken, and in grey: the view's cached vectors and the card's cached grey ones
+    report("colour", faces.x[photos])
+    grey = open_set.condition_vectors(cache, view, faces)
+    if grey is not None:
+        report("grey", grey["grey"])
+    for g, px in [(True, px) for px in RESOLUTIONS] + [(False, px) for px in RESOLUTIONS[1:]]:
+        x = open_set.embed_in_condition(spec, cache, photos, grey=g, inter_eye_px=px)
+        report(("grey" if g else "colour") + f", {px:g} px", x)
     return results
 
 
