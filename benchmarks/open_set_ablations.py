@@ -14,10 +14,15 @@
   cached landmarks (`open_set.in_condition`), their different-person score at FAR 1e-3, 1e-4 and 1e-5 against the
   colour photos' (the 1:N bars rest on that tail). Grey moved it enough for the card to carry a grey table
   (`open_set.condition_vectors`); resolution down to 20 px did not.
+- ``templates``: the different-person score tail of a person scored by the normalised mean of k of their faces, as
+  identify and the conflict check score a person, against the single photos the card's table is measured on
+  (calibration split); then enrolment of all the data with the conflict bar set three ways: for the gallery's
+  faces (served), for its people, and per person from the tail of a mean of as many faces as they have.
 
     python -m benchmarks.open_set_ablations projections [--view dlib_sface]
     python -m benchmarks.open_set_ablations identity-scores [--view dlib_sface]
     python -m benchmarks.open_set_ablations conditions
+    python -m benchmarks.open_set_ablations templates
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -279,13 +286,134 @@ def conditions(view: str, cache: Path) -> dict[str, object]:
     return results
 
 
+# --- templates --------------------------------------------------------------------------------------------
+
+TEMPLATE_SIZES = (1, 2, 3, 5, 8)
+"""Faces per mean template whose different-person tail `templates` measures (people with more use the last)."""
+TAIL_FARS = (1e-3, 1e-4, 1e-5, 1e-7)
+
+
+def mean_templates(faces: Faces, names: Sequence[str], rows: dict[str, list[int]], k: int) -> tuple[Any, Any]:
+    """Unit means (T, D) (a fusion's part by part) of consecutive, disjoint runs of ``k`` photos with a face of each
+    person of ``names`` (as many runs as their photos allow; none for a person with fewer), and each one's person
+    (T,) str."""
+    sums, who = [], []
+    for name in names:
+        found = [r for r in rows[name] if faces.found[r]]
+        for start in range(0, len(found) - k + 1, k):
+            sums.append(faces.x[found[start : start + k]].astype(np.float64).sum(0))
+            who.append(name)
+    if not sums:
+        return np.empty((0, faces.x.shape[1]), dtype=np.float32), np.array([], dtype=str)
+    return open_set._unit(np.stack(sums), faces.parts), np.array(who)
+
+
+def template_tables(faces: Faces) -> dict[int, Any]:
+    """`TEMPLATE_SIZES` k -> an `embedding.openset.OpenSetCalibration` whose 1:1 table is the different-person tail
+    of k-face mean templates of the calibration split's people against its photos (`open_set.probe_photos`, the
+    card's strangers), measured and fitted as the card's own (`open_set.far_table`); k = 1 is the card's table."""
+    from embedding.openset import OpenSetCalibration  # noqa: PLC0415
+
+    names, rows = open_set._by_identity(faces, "calibration")
+    photos = open_set.probe_photos(faces, names, rows)
+    out = {}
+    for k in TEMPLATE_SIZES:
+        templates, who = mean_templates(faces, names, rows, k)
+        scores = templates @ faces.x[photos].T
+        impostors = scores[who[:, None] != faces.identity[photos][None, :]]
+        table, measured = open_set.far_table(impostors)
+        out[k] = OpenSetCalibration(far_thresholds=table, comparisons_per_face={"1": 1.0}, measured_far=measured)
+    return out
+
+
+def per_person_bars(cal: Any, tables: dict[int, Any], people: int, faces_each: np.ndarray, fpir: float) -> Any:
+    """float (P,): each person's conflict bar when every person is one comparison at the FAR that makes ``fpir``
+    over ``people`` (with the card's k), read off the tail of a mean of as many faces as they have (``faces_each``
+    (P,); `TEMPLATE_SIZES` below it), shifted as the card's ``cal`` (a photo condition's) is from the colour table."""
+    far = -math.expm1(math.log1p(-fpir) / cal.comparisons(max(people, 1)))
+    base, single = cal.threshold_at_far(far), tables[1].threshold_at_far(far)
+    shift = {k: t.threshold_at_far(far) - single for k, t in tables.items()}
+    sizes = np.array(TEMPLATE_SIZES)
+    return np.array([base + shift[int(sizes[sizes <= max(n, 1)].max())] for n in faces_each])
+
+
+def enrolment_with_bars(faces: Faces, cal: Any, tables: dict[int, Any], *, photos: int | None, bar: str) -> str:
+    """`open_set.enrolment_run`'s protocol (all the data, in order, people scored by their mean; conflicts only) with
+    the conflict bar set for the gallery's ``faces`` (served), its ``people``, or ``per-person`` (`per_person_bars`,
+    checked against the five best-scoring people): people refused and held-back photos caught."""
+    fpir = 1e-3
+    plan = open_set.enrolment_plan(faces, split=None, photos=photos)
+    conditions = faces.conditions()
+    x, lab = faces.x[plan.rows], plan.labels
+    means = open_set.PersonMeans.from_sums(np.zeros((len(plan.names), x.shape[1])), faces.parts)
+    count = np.zeros(len(plan.names), dtype=int)
+
+    def clash(face: np.ndarray, condition: str, own: int) -> int:
+        """The person ``face`` is refused as (-1: none), the gallery as it stands."""
+        scores = np.where(means.enrolled, means.means @ face, -2.0)
+        if own >= 0:
+            scores[own] = -2.0
+        top = np.argsort(scores)[::-1][:5]
+        top = top[scores[top] > -2.0]
+        c = cal.under(condition or None)
+        if bar == "per-person":
+            bars = per_person_bars(c, tables, int(means.enrolled.sum()), count[top], fpir)
+        else:
+            bars = np.full(len(top), c.threshold(int(count.sum() if bar == "faces" else means.enrolled.sum()), fpir))
+        over = top[scores[top] >= bars]
+        return int(over[0]) if len(over) else -1
+
+    refused = set()
+    for i, row in enumerate(plan.rows):
+        if clash(x[i], str(conditions[row]), int(lab[i])) >= 0:
+            refused.add(int(lab[i]))
+            continue
+        means.add(int(lab[i]), x[i])
+        count[lab[i]] += 1
+    tried = [k for k in plan.held if count[k] > 0]
+    caught = sum(clash(faces.x[plan.held[k]], str(conditions[plan.held[k]]), -1) == k for k in tried)
+    people = len(plan.names)
+    return f"refused {len(refused)} of {people} ({len(refused) / people:.2%}), caught {caught / len(tried):.1%}"
+
+
+def templates(view: str, cache: Path) -> dict[str, object]:
+    """`template_tables` (score at `TAIL_FARS`, the last fitted where not measured, and at the colour table's
+    thresholds for FAR 1e-3 and 1e-4 the FAR as a multiple of it: what a mean of k faces is worth in single-photo
+    comparisons), then `enrolment_with_bars` with one photo, up to three, and every photo per person."""
+    from embedding.embedder import read_card  # noqa: PLC0415
+
+    faces = open_set.load_view(cache, view)
+    spec = next(s for s in open_set.EMBEDDERS if s.name == view)
+    cal = read_card(spec.path).open_set
+    tables = template_tables(faces)
+    results: dict[str, object] = {}
+    for k, table in tables.items():
+        row = {f"{far:g}": round(table.threshold_at_far(far), 4) for far in TAIL_FARS}
+        for far in (1e-3, 1e-4):
+            at = tables[1].threshold_at_far(far)
+            row[f"x at {far:g}"] = round(table.fpir(1, at) / far, 2)
+        results[f"mean of {k}"] = row | {"measured to": table.measured_far}
+        print(f"mean of {k}", results[f"mean of {k}"], flush=True)
+    for photos, plan in ((1, "one photo"), (3, "up to three photos"), (None, "every photo")):
+        for bar in ("faces", "people", "per-person"):
+            key = f"{plan}, bar for {bar}"
+            results[key] = enrolment_with_bars(faces, cal, tables, photos=photos, bar=bar)
+            print(key, results[key], flush=True)
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", choices=("projections", "identity-scores", "conditions"))
+    parser.add_argument("experiment", choices=("projections", "identity-scores", "conditions", "templates"))
     parser.add_argument("--view", default="dlib_sface")
     parser.add_argument("--cache", type=Path, default=CACHE)
     args = parser.parse_args(argv)
-    experiments = {"projections": projections, "identity-scores": identity_scores, "conditions": conditions}
+    experiments = {
+        "projections": projections,
+        "identity-scores": identity_scores,
+        "conditions": conditions,
+        "templates": templates,
+    }
     experiments[args.experiment](args.view, args.cache)
 
 

@@ -13,6 +13,7 @@ import pytest
 from benchmarks.open_set import (
     FOLDERS_FIGURES,
     CliNote,
+    Faces,
     FolderTrees,
     PersonMeans,
     PhotoConditions,
@@ -24,7 +25,7 @@ from benchmarks.open_set import (
     parse_enrol_output,
     score_folders,
 )
-from benchmarks.open_set_ablations import Scatter, person_scores, projection
+from benchmarks.open_set_ablations import Scatter, mean_templates, per_person_bars, person_scores, projection
 from embedding.openset import OpenSetCalibration
 from index.gallery import Hit
 from scripts.build_sface import _enrolment_lines
@@ -214,6 +215,38 @@ def test_person_scores_rules_agree_with_their_definitions() -> None:
     assert np.allclose(mean[:, 0], q @ expected, atol=1e-6)
     heavy = person_scores(q, x, bounds, "mean", weights=np.array([1.0, 0.0, 1.0, 1.0]))
     assert np.allclose(heavy[:, 0], q @ x[0], atol=1e-6)  # a zero weight drops a face from its person's mean
+
+
+def test_mean_templates_are_disjoint_runs_of_k_found_photos_averaged_part_by_part() -> None:
+    x = np.vstack([_unit([1, 0, 3, 4]), _unit([0, 1, 4, 3]), _unit([1, 1, 0, 1]), _unit([1, 0, 0, 1])])
+    x = np.vstack([x, _unit([0, 1, 1, 0])]).astype(np.float32)
+    x[:, :2] /= np.linalg.norm(x[:, :2], axis=1, keepdims=True) * np.sqrt(2)  # each part of norm 1/sqrt(2)
+    x[:, 2:] /= np.linalg.norm(x[:, 2:], axis=1, keepdims=True) * np.sqrt(2)
+    found = np.array([True, True, False, True, True])
+    faces = Faces(np.array(["a"] * 4 + ["b"]), np.full(5, "calibration"), found, x, parts=(2, 2))
+    rows = {"a": [0, 1, 2, 3], "b": [4]}
+    t, who = mean_templates(faces, ["a", "b"], rows, 2)
+    assert who.tolist() == ["a"]  # a's found photos 0, 1, 3: one run of two; b has too few
+    for part in (slice(0, 2), slice(2, 4)):
+        s = x[0, part] + x[1, part]
+        assert np.allclose(t[0, part], s / np.linalg.norm(s) / np.sqrt(2), atol=1e-6)
+    t1, who1 = mean_templates(faces, ["a", "b"], rows, 1)
+    assert who1.tolist() == ["a", "a", "a", "b"] and np.allclose(t1, x[[0, 1, 3, 4]], atol=1e-6)
+    assert len(mean_templates(faces, ["b"], rows, 3)[0]) == 0
+
+
+def test_per_person_bars_read_each_persons_template_tail_at_one_far() -> None:
+    def table(shift: float) -> OpenSetCalibration:
+        far = {"1e-2": 0.4 + shift, "1e-3": 0.5 + shift, "1e-4": 0.6 + shift}
+        return OpenSetCalibration(far_thresholds=far, comparisons_per_face={"1": 1.0}, measured_far=1e-4)
+
+    tables = {1: table(0.0), 2: table(0.02), 3: table(0.03), 5: table(0.05), 8: table(0.06)}
+    cal = table(0.0)
+    bars_ = per_person_bars(cal, tables, 10, np.array([1, 2, 4, 7, 30]), 1e-2)
+    single = cal.threshold(10, 1e-2)  # ten people, one comparison each
+    assert bars_ == pytest.approx(single + np.array([0.0, 0.02, 0.03, 0.05, 0.06]))
+    grey = table(0.01)  # a condition's table moves every person's bar by its own shift
+    assert per_person_bars(grey, tables, 10, np.array([1, 7]), 1e-2) == pytest.approx(single + np.array([0.01, 0.06]))
 
 
 def test_a_photo_in_a_condition_is_grey_and_shrunk_with_its_landmarks() -> None:
