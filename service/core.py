@@ -830,8 +830,9 @@ class FaceService:
         against 89.3% at the same 0.33% refusals, benchmarks/README.md), but a bar set for the people compared is
         lower than one set for their faces: with AT&T's 40 people of 10 photos it called two of them one person.
         The faces' count keeps the bar where a face-by-face check had it, and the calibration split agrees: the mean
-        of two or three faces meets strangers about as often as two or three single photos (`benchmarks.
-        open_set_ablations templates`). A grey ``face`` gets the card's grey table, as identify does."""
+        of two or three faces meets strangers about as often as two or three single photos do
+        (`python -m benchmarks.open_set_ablations templates`). A grey ``face`` gets the card's grey table, as identify
+        does."""
         if serving.open_set is None:
             return serving.model.default_threshold
         faces = serving.indexes.gallery_size(gallery_id, by="best")
