@@ -719,10 +719,11 @@ def enrolment_run(
     that leaves none to hold out), with the service's checks: a photo is refused as a conflict when another person
     scores (by the normalised mean of their faces, or their best face: ``identity_score``) at or above the 1:N
     conflict threshold for the faces enrolled so far, and as a mismatch when it scores below the 1:1 mismatch
-    threshold against its own person's faces; one accepted below the conflict bar but at or above identify's
-    threshold (``target_fpir`` for the people enrolled so far) is warned of as a possible duplicate. Then each
-    person's next photo is enrolled under a new id: caught when the check names that person, named when a refusal or
-    a warning does. Also a stranger's photo added to a person: accepted when it passes."""
+    threshold against its own person's faces (both bars from the card's table for the photo's condition); one
+    accepted below the conflict bar but at or above identify's threshold (``target_fpir`` for the people enrolled so
+    far) is warned of as a possible duplicate. Then each person's next photo is enrolled under a new id: caught when
+    the check names that person, named when a refusal or a warning does. Also a stranger's photo added to a person:
+    accepted when it passes."""
     plan = enrolment_plan(faces, split=split, photos=photos)
     names, rows, held, lab = plan.names, plan.rows, plan.held, plan.labels
     x = faces.x[rows]
@@ -735,7 +736,7 @@ def enrolment_run(
     rival = np.full(len(rows), -2.0)  # the best other person's score for an accepted photo, and identify's bar
     bar = np.ones(len(rows))
     rival_of = np.full(len(rows), -1)
-    t_mismatch = cal.threshold_at_far(mismatch_far)
+    t_mismatch = cal.threshold_at_far(mismatch_far)  # a colour photo's; a grey one's from its table, as served
     refusals = []
     means = PersonMeans.from_sums(np.zeros((len(names), x.shape[1])), faces.parts)
     for start in range(0, len(rows), 512):
@@ -749,7 +750,7 @@ def enrolment_run(
                 refusals.append((str(faces.identity[rows[i]]), names[other], round(score, 4)))
                 continue
             own = prior & (lab[:i] == lab[i])
-            if own.any() and block[r, :i][own].max() < t_mismatch:
+            if own.any() and block[r, :i][own].max() < row_cal[i].threshold_at_far(mismatch_far):
                 mismatch[i] = True
                 continue
             accepted[i] = True

@@ -566,10 +566,10 @@ class FaceService:
                 hits = serving.indexes.search(identity.gallery_id, x, 2)
             others = sorted({h.identity_id for row in hits for h in row if h.identity_id != identity.id})
             refs = crud.identity_refs(session, identity_ids=others)
-        t_mismatch = self._mismatch_threshold(serving)
+        t_mismatches = [self._mismatch_threshold(serving, face) for _, _, face in kept]
         own = crud.identity_embeddings(session, identity_id=identity.id, model_version_id=serving.model.id)
         keep: list[int] = []
-        for i, (row, t_conflict) in enumerate(zip(hits, t_conflicts, strict=True)):
+        for i, (row, t_conflict, t_mismatch) in enumerate(zip(hits, t_conflicts, t_mismatches, strict=True)):
             filename = kept[i][0].filename
             clash = next((h for h in row if h.identity_id != identity.id and h.score >= t_conflict), None)
             if clash is not None:
@@ -669,17 +669,23 @@ class FaceService:
     ) -> schemas.VerifyPublic:
         """1:1: is the (largest) person in the image this identity? Score = best face's cosine similarity."""
         serving = self.serving
-        t = self._threshold(serving, threshold)
+        self._check_threshold(threshold)
         with self.db.read() as session:
             identity = self._identity(session, gallery, identity_id)
             templates = crud.identity_embeddings(session, identity_id=identity.id, model_version_id=serving.model.id)
         if len(templates) == 0:
             raise FacedbError(409, "identity_has_no_faces", f"identity {identity_id} has no enrolled faces")
         face = self._largest_face(upload, detect=detect)
+        t, condition = self._verify_threshold(serving, threshold, [face])
         q = self._embed_faces(serving.embedder, [face])
         score = float((templates @ q[0]).max())
         return schemas.VerifyPublic(
-            model_version=serving.model.label, score=score, threshold=t, match=score >= t, faces=[_face_box(face)]
+            model_version=serving.model.label,
+            score=score,
+            threshold=t,
+            match=score >= t,
+            condition=condition,
+            faces=[_face_box(face)],
         )
 
     def verify_pair(
@@ -687,8 +693,9 @@ class FaceService:
     ) -> schemas.VerifyPublic:
         """1:1 between the largest faces of two photos."""
         serving = self.serving
-        t = self._threshold(serving, threshold)
+        self._check_threshold(threshold)
         faces = [self._largest_face(a, detect=detect), self._largest_face(b, detect=detect)]
+        t, condition = self._verify_threshold(serving, threshold, faces)
         x = self._embed_faces(serving.embedder, faces)
         score = float(x[0] @ x[1])
         return schemas.VerifyPublic(
@@ -696,6 +703,7 @@ class FaceService:
             score=score,
             threshold=t,
             match=score >= t,
+            condition=condition,
             faces=[_face_box(f) for f in faces],
         )
 
@@ -806,6 +814,22 @@ class FaceService:
             return self.settings.threshold
         return serving.model.default_threshold
 
+    def _verify_threshold(
+        self, serving: Serving, threshold: float | None, faces: Sequence[FaceImage]
+    ) -> tuple[float, str | None]:
+        """1:1 (verify): (threshold, photo condition). The request's threshold or FACEDB_THRESHOLD as given; the
+        card's default is moved, when either face is in a photo condition the card has a table for (grey), by as
+        much as that table sits above the colour one at the default's FAR, so the FAR holds for a grey camera too."""
+        t = self._threshold(serving, threshold)
+        if threshold is not None or self.settings.threshold is not None or serving.open_set is None:
+            return t, None
+        for face in faces:
+            condition, cal = _conditioned(serving.open_set, face)
+            if condition is not None:
+                far = serving.embedder.card.default_threshold_far
+                return t + cal.threshold_at_far(far) - serving.open_set.threshold_at_far(far), condition
+        return t, None
+
     def _identify_threshold(
         self, serving: Serving, gallery_id: int, threshold: float | None, *, face: FaceImage | None = None
     ) -> Decision:
@@ -838,11 +862,12 @@ class FaceService:
         faces = serving.indexes.gallery_size(gallery_id, by="best")
         return _conditioned(serving.open_set, face)[1].threshold(faces, self.settings.conflict_fpir)
 
-    def _mismatch_threshold(self, serving: Serving) -> float:
-        """Enrolment's bar for "this face is the identity it is added to": 1:1 at FACEDB_MISMATCH_FAR."""
+    def _mismatch_threshold(self, serving: Serving, face: FaceImage | None = None) -> float:
+        """Enrolment's bar for "this face is the identity it is added to": 1:1 at FACEDB_MISMATCH_FAR, from the
+        card's table for ``face``'s photo condition (grey) where it carries one."""
         if serving.open_set is None:
             return serving.model.default_threshold
-        return serving.open_set.threshold_at_far(self.settings.mismatch_far)
+        return _conditioned(serving.open_set, face)[1].threshold_at_far(self.settings.mismatch_far)
 
 
 def _conditioned(cal: OpenSetCalibration, face: FaceImage | None) -> tuple[str | None, OpenSetCalibration]:

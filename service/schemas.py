@@ -229,6 +229,11 @@ class VerifyPublic(BaseModel):
     score: float
     threshold: float
     match: bool
+    condition: str | None = Field(
+        default=None,
+        description="The photo condition (grey) of a face compared, when the card's table for it moved the default "
+        "`threshold`.",
+    )
     faces: list[FaceBox | None] = Field(
         default_factory=list, description="The face compared in each image: the largest one detected."
     )

@@ -227,3 +227,36 @@ def test_a_grey_photo_is_decided_with_the_cards_grey_table(client: TestClient) -
     assert rejected["code"] == "identity_conflict" and rejected["other_identity"] == ids["Aaron_Peirsol"]
     conflict_fpir = client.app.state.settings.conflict_fpir  # type: ignore[attr-defined]
     assert rejected["threshold"] == pytest.approx(cal.under("grey").threshold(3, conflict_fpir))
+
+    # verify: the card's default moves by the grey table's rise at the default's FAR, for either photo of a pair
+    far = serving.embedder.card.default_threshold_far
+    rise = cal.under("grey").threshold_at_far(far) - cal.threshold_at_far(far)
+    assert rise > 0
+
+    def verify(*photos: tuple[str, Any], **form: Any) -> dict[str, Any]:
+        if len(photos) == 1:
+            r = client.post(f"{G}/verify", files=list(photos), data={"identity_id": ids["Aaron_Peirsol"], **form})
+        else:
+            r = client.post("/v1/verify", files=[("image_a", photos[0][1]), ("image_b", photos[1][1])], data=form)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    default = serving.model.default_threshold
+    plain = verify(_lfw("Aaron_Peirsol", 2))
+    assert plain["condition"] is None and plain["threshold"] == pytest.approx(default) and plain["match"]
+    grey_one = verify(_lfw("Aaron_Peirsol", 2, grey=True))
+    assert grey_one["condition"] == "grey" and grey_one["threshold"] == pytest.approx(default + rise)
+    pair = verify(_lfw("Aaron_Peirsol", 1), _lfw("Aaron_Peirsol", 2, grey=True))
+    assert pair["condition"] == "grey" and pair["threshold"] == pytest.approx(default + rise)
+    asked = verify(_lfw("Aaron_Peirsol", 2, grey=True), threshold="0.5")  # a request's threshold is kept as given
+    assert asked["threshold"] == 0.5 and asked["condition"] is None
+
+    # the mismatch check: a stranger's grey photo added to an identity is refused at the grey table's 1:1 bar
+    mismatch_far = client.app.state.settings.mismatch_far  # type: ignore[attr-defined]
+    r = _enrol(client, ids["Aaron_Sorkin"], _lfw("Abdullah_Gul", 2, grey=True), allow_conflict="true")
+    assert r.status_code == 422, r.text
+    rejected = r.json()["error"]["details"]["rejected"][0]
+    assert rejected["code"] == "face_mismatch"
+    assert rejected["threshold"] == pytest.approx(cal.under("grey").threshold_at_far(mismatch_far))
+    assert rejected["threshold"] > cal.threshold_at_far(mismatch_far)

@@ -123,6 +123,7 @@ class Verification(TypedDict):
     score: float
     threshold: float
     match: bool
+    condition: str | None
     faces: list[FaceBox | None]
 
 
