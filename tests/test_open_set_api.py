@@ -58,11 +58,17 @@ def test_identify_threshold_follows_the_gallery_size(client: TestClient) -> None
     assert many["match"] is not None and many["match"]["identity"]["id"] == ids[1]
     fixed = _identify(client, 1, 2, threshold="0.99")
     assert fixed["threshold_source"] == "request" and fixed["threshold"] == 0.99 and fixed["match"] is None
-    # verify stays 1:1 at the card's default, whatever the gallery's size
+    # verify stays 1:1 at the card's default FAR, whatever the gallery's size (AT&T's photos are grey: the grey
+    # table's threshold at that FAR)
     r = client.post(f"{G}/verify", files=[_photo(1, 3)], data={"identity_id": str(ids[1])})
     assert r.status_code == 200, r.text
-    card_default = client.app.state.runtime.service.active.default_threshold  # type: ignore[attr-defined]
-    assert r.json()["threshold"] == card_default and r.json()["match"] is True
+    serving = client.app.state.runtime.service.serving  # type: ignore[attr-defined]
+    far = serving.embedder.card.default_threshold_far
+    grey_default = serving.model.default_threshold + (
+        serving.open_set.under("grey").threshold_at_far(far) - serving.open_set.threshold_at_far(far)
+    )
+    assert r.json()["condition"] == "grey" and r.json()["threshold"] == pytest.approx(grey_default)
+    assert r.json()["match"] is True
 
 
 def test_conflict_names_the_other_identity_and_mismatch_guards_an_identity(client: TestClient) -> None:
