@@ -110,9 +110,10 @@ class FaceImage:
             return model_face(self.source, self.detection.landmarks, spec)
         return model_face(self.image, CANONICAL.continuous_points(), spec)
 
+    @cached_property
     def condition(self) -> str | None:
         """The photo condition this face is decided in (`embedding.openset.condition_of`): grey from the face
-        region's chroma (the whole image's without a detection)."""
+        region's chroma (the whole image's without a detection, measured once: every bar of a request reads it)."""
         if self.quality is not None and self.quality.face is not None:
             return condition_of(self.quality.chroma)
         return condition_of(chroma_of(self.image.astype(np.float64)))

@@ -874,7 +874,7 @@ def _conditioned(cal: OpenSetCalibration, face: FaceImage | None) -> tuple[str |
     """(condition, calibration for it) of a probe face: the card's table for a grey photo where it carries one."""
     if face is None:
         return None, cal
-    condition = face.condition()
+    condition = face.condition
     if condition not in cal.condition_thresholds:
         return None, cal
     return condition, cal.under(condition)
